@@ -1,0 +1,33 @@
+# hpa-pipeline: HPA immunofluorescence images -> per-cell protein localisation predictions.
+# This file only wires: configuration, validation, rule modules and targets (see docs/architecture.md).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# A --configfile on the command line replaces this file instead of being merged into it, so that the
+# demo's models and stages never mix with the full configuration's.
+if not workflow.overwrite_configfiles:
+
+    configfile: "workflow_config.yaml"
+
+
+validate(config, "schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/preprocess.smk"
+include: "rules/train.smk"
+include: "rules/predict.smk"
+
+
+rule preprocess:
+    input:
+        preprocess_outputs(),
+
+
+rule models:
+    input:
+        model_outputs(),
+    default_target: True

@@ -1,0 +1,296 @@
+"""The ``hpa-pipeline`` command: one subcommand per workflow step, usable without Snakemake."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hpa_pipeline.errors import PipelineError
+
+log = logging.getLogger("hpa_pipeline")
+
+Handler = Callable[[argparse.Namespace], None]
+_COMMANDS: dict[str, tuple[Handler, Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def subcommand(
+    name: str, help_text: str, arguments: Callable[[argparse.ArgumentParser], None]
+) -> Callable[[Handler], Handler]:
+    """Register ``handler`` as subcommand ``name``; ``arguments`` adds its options to a parser."""
+
+    def register(handler: Handler) -> Handler:
+        _COMMANDS[name] = (handler, arguments, help_text)
+        return handler
+
+    return register
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def _demo_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="dataset folder to write (Kaggle layout)")
+    parser.add_argument("--n-train", type=int, required=True)
+    parser.add_argument("--n-test", type=int, required=True)
+    parser.add_argument("--image-size", type=int, required=True, help="side of the square fields")
+    parser.add_argument("--cells-per-image", type=int, nargs=2, default=(8, 16), metavar=("MIN", "MAX"))
+    parser.add_argument("--empty-test-images", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing demo dataset")
+
+
+@subcommand("demo-data", "write the synthetic demo dataset", _demo_data_arguments)
+def _demo_data(args: argparse.Namespace) -> None:
+    from hpa_pipeline.synth import write_demo_dataset
+
+    write_demo_dataset(
+        args.out,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        image_size=args.image_size,
+        cells_per_image=tuple(args.cells_per_image),
+        seed=args.seed,
+        empty_test_images=args.empty_test_images,
+        overwrite=args.overwrite,
+    )
+
+
+def _index_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", required=True, type=Path, help="folder of {ID}_{channel}.png files")
+    parser.add_argument("--table", required=True, type=Path, help="train.csv or sample_submission.csv")
+    parser.add_argument("--kind", required=True, choices=("train", "test"))
+    parser.add_argument("--shards", required=True, type=int)
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand("index", "check a dataset's files and assign its images to shards", _index_arguments)
+def _index(args: argparse.Namespace) -> None:
+    from hpa_pipeline.preprocess.index import build_index, write_index
+
+    index = build_index(args.images, args.table, args.kind, args.shards)
+    write_index(args.out, index)
+    log.info("%d images in %d shards", len(index), args.shards)
+
+
+# --------------------------------------------------------------------------------------- preprocess
+
+
+def _shard_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, type=Path, help="the dataset's index.csv")
+    parser.add_argument("--shard", required=True, type=int)
+
+
+def _resize_arguments(parser: argparse.ArgumentParser) -> None:
+    _shard_arguments(parser)
+    parser.add_argument("--images", required=True, type=Path, help="folder of raw channel files")
+    parser.add_argument("--sizes", required=True, type=int, nargs="+")
+    parser.add_argument("--out", required=True, type=Path, nargs="+", help="one store per size")
+    parser.add_argument("--threads", type=int, default=1)
+
+
+@subcommand("resize", "decode a shard's images once and resize them to every size", _resize_arguments)
+def _resize(args: argparse.Namespace) -> None:
+    from hpa_pipeline.preprocess.index import read_index, shard_ids
+    from hpa_pipeline.preprocess.resize import resize_shard
+
+    image_ids = shard_ids(read_index(args.index), args.shard)
+    resize_shard(args.images, image_ids, args.sizes, args.out, threads=args.threads)
+
+
+def _segment_arguments(parser: argparse.ArgumentParser) -> None:
+    _shard_arguments(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images-dir", type=Path, help="segment the original channel files")
+    source.add_argument("--images-store", type=Path, help="segment a resized images store")
+    parser.add_argument("--scale-factor", type=float, required=True)
+    parser.add_argument("--backend", default="classical", choices=("classical", "hpacellseg"))
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (hpacellseg backend)")
+    parser.add_argument("--nuclei-model", type=Path, help="hpacellseg: dpn_unet_nuclei_v1.pth")
+    parser.add_argument("--nuclei-model-sha256")
+    parser.add_argument("--cell-model", type=Path, help="hpacellseg: dpn_unet_cell_3ch_v1.pth")
+    parser.add_argument("--cell-model-sha256")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand("segment", "make the cell label masks of a shard", _segment_arguments)
+def _segment(args: argparse.Namespace) -> None:
+    from hpa_pipeline.preprocess.index import read_index, shard_ids
+    from hpa_pipeline.preprocess.masks import segment_shard
+    from hpa_pipeline.preprocess.segment import create_producer
+    from hpa_pipeline.train.devices import claim_device, configure_threads
+
+    configure_threads(args.threads)
+    image_ids = shard_ids(read_index(args.index), args.shard)
+    weights = None
+    if args.backend == "hpacellseg":
+        weights = {
+            "nuclei_model": args.nuclei_model,
+            "nuclei_model_sha256": args.nuclei_model_sha256,
+            "cell_model": args.cell_model,
+            "cell_model_sha256": args.cell_model_sha256,
+        }
+    prefer = "cpu" if args.backend == "classical" else args.device
+    with claim_device(prefer) as claim:
+        producer = create_producer(args.backend, device=claim.device, hpacellseg=weights, threads=args.threads)
+        segment_shard(
+            image_ids, args.out, producer, args.scale_factor, image_dir=args.images_dir, images_store=args.images_store
+        )
+
+
+def _resize_masks_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--masks", required=True, type=Path, help="the shard's segmentation store")
+    parser.add_argument("--sizes", required=True, type=int, nargs="+")
+    parser.add_argument("--out-masks", required=True, type=Path, nargs="+", help="one store per size")
+    parser.add_argument("--out-cells", required=True, type=Path, help="the shard's cell table store")
+
+
+@subcommand("resize-masks", "resize a shard's masks to every size and write its cell table", _resize_masks_arguments)
+def _resize_masks(args: argparse.Namespace) -> None:
+    from hpa_pipeline.preprocess.masks import resize_masks_shard
+
+    resize_masks_shard(args.masks, args.sizes, args.out_masks, args.out_cells)
+
+
+def _crop_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", required=True, type=Path, help="images store at size S")
+    parser.add_argument("--masks", required=True, type=Path, help="masks store at size S")
+    parser.add_argument("--cells", required=True, type=Path, help="the shard's cell table store")
+    parser.add_argument("--crop-size", required=True, type=int)
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand("crop", "cut the 8-channel crop of every cell of a shard", _crop_arguments)
+def _crop(args: argparse.Namespace) -> None:
+    from hpa_pipeline.preprocess.crops import crop_shard
+
+    crop_shard(args.images, args.masks, args.cells, args.crop_size, args.out)
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+def _folds_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, type=Path, help="a training dataset's index.csv")
+    parser.add_argument("--n-folds", required=True, type=int)
+    parser.add_argument("--seed", required=True, type=int)
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand("folds", "assign a training dataset's images to multilabel-stratified folds", _folds_arguments)
+def _folds(args: argparse.Namespace) -> None:
+    from hpa_pipeline.labels import labels_to_matrix, parse_labels
+    from hpa_pipeline.preprocess.index import read_index
+    from hpa_pipeline.train.folds import make_folds, write_folds
+
+    index = read_index(args.index)
+    labels = labels_to_matrix([parse_labels(text, f"{args.index} (ID {i})") for i, text in zip(index["ID"], index["Label"])])
+    write_folds(args.out, index["ID"].tolist(), make_folds(labels, args.n_folds, args.seed))
+
+
+def _model_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--settings", required=True, help="the model's resolved settings (JSON)")
+    parser.add_argument("--index", type=Path, nargs="*", default=[], help="index.csv of each training dataset")
+    parser.add_argument("--folds", type=Path, nargs="*", default=[], help="folds CSV of each training dataset")
+    parser.add_argument("--cells", required=True, type=Path, nargs="+", help="cell tables of every shard")
+    parser.add_argument("--images", type=Path, nargs="*", default=[], help="images stores (image models)")
+    parser.add_argument("--masks", type=Path, nargs="*", default=[], help="resized masks stores (image models)")
+    parser.add_argument("--crops", type=Path, nargs="*", default=[], help="crops stores (cell models)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def _training_data(args: argparse.Namespace) -> "TrainingData":
+    from hpa_pipeline.train.loop import TrainingData
+
+    return TrainingData(
+        index_paths=args.index, folds_paths=args.folds, cells_paths=args.cells, images_paths=args.images,
+        masks_paths=args.masks, crops_paths=args.crops, pseudo_labels=getattr(args, "pseudo_labels", None),
+        init_checkpoint=getattr(args, "init_checkpoint", None),
+    )
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_data_arguments(parser)
+    parser.add_argument("--fold", required=True, type=int)
+    parser.add_argument("--pseudo-labels", type=Path, help="an ensemble's out-of-fold store: the cell targets")
+    parser.add_argument("--init-checkpoint", type=Path, help="start from this final.pt of the same architecture")
+    parser.add_argument("--checkpoint-dir", required=True, type=Path, help="per-epoch checkpoint, kept for resuming")
+    parser.add_argument("--out-dir", required=True, type=Path, help="final.pt, metrics.csv and run.yaml go here")
+
+
+@subcommand("train", "train one model on one fold (resumes from its last epoch)", _train_arguments)
+def _train(args: argparse.Namespace) -> None:
+    from hpa_pipeline.train.loop import train_model
+    from hpa_pipeline.train.settings import ModelSettings
+
+    settings = ModelSettings.from_json(args.settings)
+    train_model(settings, args.fold, _training_data(args), args.out_dir, args.checkpoint_dir, args.device, args.threads)
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_data_arguments(parser)
+    parser.add_argument("--checkpoint", required=True, type=Path, help="the model's final.pt")
+    parser.add_argument("--fold", type=int, help="predict this held-out fold of the training images; omit for the test set")
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand("predict", "predict the held-out fold or the test set with D4 test-time augmentation", _predict_arguments)
+def _predict(args: argparse.Namespace) -> None:
+    from hpa_pipeline.inference import predict_split
+    from hpa_pipeline.train.settings import ModelSettings
+
+    settings = ModelSettings.from_json(args.settings)
+    predict_split(settings, args.checkpoint, _training_data(args), args.out, args.fold, args.device, args.threads)
+
+
+def _concat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--parts", required=True, type=Path, nargs="+", help="valid.zarr of every fold")
+    parser.add_argument("--index", required=True, type=Path, nargs="+", help="index.csv of each training dataset")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand("concat", "join a model's held-out fold predictions into out-of-fold predictions", _concat_arguments)
+def _concat(args: argparse.Namespace) -> None:
+    from hpa_pipeline.ensemble import concat_fold_stores
+
+    concat_fold_stores(args.parts, args.index, args.out, args.model)
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(prog="hpa-pipeline", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (handler, add_arguments, help_text) in _COMMANDS.items():
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        add_arguments(subparser)
+        subparser.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; a user error prints one clear line and exits with status 1."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        args.handler(args)
+    except PipelineError as error:
+        log.error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The workflow configuration: cross-checks a JSON schema cannot express, and resolved model settings.
+
+The Snakefile validates the config against ``schemas/config.schema.yaml`` first (types, names, ranges)
+and then calls :func:`check_config`, so every mistake is reported before any job starts, naming the key.
+A model's *resolved settings* (its kind's defaults overlaid with its own keys) are the training rule's
+params: changing one model retrains that model and what depends on it, and nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from hpa_pipeline.errors import ConfigError
+
+#: Settings only meaningful for one kind of model.
+IMAGE_ONLY = frozenset({"crop_size", "focal_gamma", "consistency_weight", "hflip"})
+CELL_ONLY: frozenset[str] = frozenset()
+
+
+def train_datasets(config: dict[str, Any]) -> list[str]:
+    """Names of the labelled datasets: ``train`` and every extra training set, in config order."""
+    return ["train", *(config.get("extra_train_sets") or {})]
+
+
+def resolve_model(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The full settings of one model: its kind's defaults overlaid with its own keys.
+
+    Returns:
+        A new dict with every setting, including ``name`` and the run's ``seed``.
+    """
+    models = config.get("models") or {}
+    if name not in models:
+        raise ConfigError(f"unknown model {name!r} (models: {', '.join(models) or 'none'})")
+    own = models[name]
+    kind = own["kind"]
+    settings = copy.deepcopy((config.get("model_defaults") or {}).get(kind) or {})
+    settings.update(copy.deepcopy(own))
+    settings["name"] = name
+    settings["seed"] = config["seed"]
+    settings["n_folds"] = config["folds"]["n_folds"]
+    return settings
+
+
+def settings_json(settings: dict[str, Any]) -> str:
+    """Canonical JSON of resolved settings (sorted keys), the form a rule passes to the package."""
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Check cross-references between config keys.
+
+    Raises:
+        ConfigError: naming the offending key and what it should be.
+    """
+    sizes = list(config["preprocess"]["image_sizes"])
+    crop_sizes = list(config["preprocess"]["crop_image_sizes"])
+    for size in crop_sizes:
+        if size not in sizes:
+            raise ConfigError(f"preprocess.crop_image_sizes: {size} is not one of preprocess.image_sizes {sizes}")
+    for dataset, settings in config["segment"]["inputs"].items():
+        source = settings["source"]
+        if source != "original" and source not in sizes:
+            raise ConfigError(
+                f"segment.inputs.{dataset}.source: {source} is neither 'original' nor one of preprocess.image_sizes {sizes}"
+            )
+    if config["segment"]["backend"] == "hpacellseg":
+        weights = config["segment"].get("hpacellseg") or {}
+        for key in ("nuclei_model", "nuclei_model_sha256", "cell_model", "cell_model_sha256"):
+            if not weights.get(key):
+                raise ConfigError(
+                    f"segment.hpacellseg.{key} must be set when segment.backend is hpacellseg "
+                    "(local weight files from Zenodo record 4665863 and their `sha256sum`)"
+                )
+    for extra in config.get("extra_train_sets") or {}:
+        if extra in ("train", "test"):
+            raise ConfigError(f"extra_train_sets.{extra}: the names train and test are taken")
+    _check_models(config, sizes, crop_sizes)
+
+
+def _check_models(config: dict[str, Any], sizes: list[int], crop_sizes: list[int]) -> None:
+    models = config.get("models") or {}
+    ensembles = config.get("ensembles") or {}
+    for name in models:
+        settings = resolve_model(config, name)
+        where = f"models.{name}"
+        kind = settings["kind"]
+        for key in ("backbone", "epochs", "batch_size", "lr"):
+            if key not in settings:
+                raise ConfigError(f"{where}.{key} is not set (neither on the model nor in model_defaults.{kind})")
+        foreign = sorted(set(settings) & (CELL_ONLY if kind == "image" else IMAGE_ONLY))
+        if foreign:
+            raise ConfigError(f"{where}: {', '.join(foreign)} only apply to {'cell' if kind == 'image' else 'image'} models")
+        allowed = sizes if kind == "image" else crop_sizes
+        if settings["image_size"] not in allowed:
+            what = "preprocess.image_sizes" if kind == "image" else "preprocess.crop_image_sizes"
+            raise ConfigError(f"{where}.image_size: {settings['image_size']} is not one of {what} {allowed}")
+        if kind == "image":
+            if "crop_size" not in settings:
+                raise ConfigError(f"{where}.crop_size is not set (neither on the model nor in model_defaults.image)")
+            if settings["crop_size"] > settings["image_size"]:
+                raise ConfigError(f"{where}.crop_size {settings['crop_size']} exceeds its image_size {settings['image_size']}")
+        init_from = settings.get("init_from")
+        if init_from is not None:
+            if init_from not in models:
+                raise ConfigError(f"{where}.init_from: unknown model {init_from!r}")
+            source = resolve_model(config, init_from)
+            for key in ("kind", "backbone", "cosine_head"):
+                if source.get(key) != settings.get(key):
+                    raise ConfigError(
+                        f"{where}.init_from: model {init_from!r} has {key} {source.get(key)!r}, "
+                        f"{name!r} has {settings.get(key)!r}; a checkpoint only fits the same architecture"
+                    )
+        pseudo = settings.get("pseudo_labels")
+        if pseudo is not None and pseudo not in ensembles:
+            raise ConfigError(f"{where}.pseudo_labels: unknown ensemble {pseudo!r} (ensembles: {', '.join(ensembles) or 'none'})")
+    for name, members in ensembles.items():
+        for member in members:
+            if member not in models:
+                raise ConfigError(f"ensembles.{name}: unknown model {member!r}")
+    submission = config.get("submission") or {}
+    for member in submission.get("members", []):
+        if member not in models:
+            raise ConfigError(f"submission.members: unknown model {member!r}")
+    _check_acyclic(config)
+
+
+def _check_acyclic(config: dict[str, Any]) -> None:
+    """Models depend on their init model and on their pseudo-label ensemble's members."""
+    models = config.get("models") or {}
+    ensembles = config.get("ensembles") or {}
+
+    def dependencies(name: str) -> list[str]:
+        settings = models[name]
+        found = [settings["init_from"]] if settings.get("init_from") else []
+        if settings.get("pseudo_labels"):
+            found += ensembles[settings["pseudo_labels"]]
+        return found
+
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = path[path.index(name):] + [name]
+            raise ConfigError(f"models depend on each other in a cycle: {' -> '.join(cycle)} (via init_from / pseudo_labels)")
+        state[name] = 1
+        for dependency in dependencies(name):
+            visit(dependency, path + [name])
+        state[name] = 2
+
+    for name in models:
+        visit(name, [])

@@ -1,0 +1,1 @@
+"""Reading raw channel images and writing/reading the pipeline's Zarr stores."""

@@ -1,0 +1,112 @@
+"""The pipeline's Zarr v3 stores: atomic writing, shared codecs and the per-image ID arrays.
+
+Every stage writes its whole store into a hidden temporary sibling and renames it into place only
+when the stage has succeeded, so an interrupted job never leaves a store that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from hpa_pipeline.errors import InputDataError
+
+#: lz4 with bit shuffle: 1.9x smaller than raw at a third of zstd's time, so that writing the resized
+#: images costs little next to decoding the source PNGs (benchmarks/bench_preprocess.py).
+IMAGE_COMPRESSORS = (BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle"),)
+#: Label masks are uint16 with long runs: byte shuffle separates the (mostly zero) high bytes.
+MASK_COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),)
+#: Small tables (cell index, predictions).
+TABLE_COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
+
+#: Zarr skips chunks equal to the fill value by default, and that check costs more than writing a
+#: 9 MB image chunk (43 ms vs 6 ms); our chunks are whole images or cells, so always write them.
+CHUNK_WRITE_CONFIG = {"write_empty_chunks": True}
+
+FORMAT_VERSION = 1
+
+
+def _partial_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial")
+
+
+@contextmanager
+def atomic_store(path: str | Path, kind: str, **attrs: Any) -> Iterator[zarr.Group]:
+    """Create a Zarr group at a temporary path and move it to ``path`` when the block succeeds.
+
+    Args:
+        path: final location of the store (a directory ending in ``.zarr``).
+        kind: what the store holds ("images", "masks", "cells", ...), checked by readers.
+        **attrs: further attributes saved on the root group.
+
+    Yields:
+        The writable root group. On an exception the temporary store is deleted and nothing is left
+        at ``path``.
+    """
+    path = Path(path)
+    partial = _partial_path(path)
+    if partial.exists():  # left behind by a killed job
+        shutil.rmtree(partial)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    group = zarr.open_group(partial, mode="w", zarr_format=3)
+    group.attrs.update({"kind": kind, "format_version": FORMAT_VERSION, **attrs})
+    try:
+        yield group
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if path.exists():
+        trash = path.with_name(f".{path.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(path, trash)
+        os.replace(partial, path)
+        shutil.rmtree(trash)
+    else:
+        os.replace(partial, path)
+
+
+def open_store(path: str | Path, kind: str) -> zarr.Group:
+    """Open a finished store read-only and check that it holds ``kind``.
+
+    Raises:
+        InputDataError: the store is missing, unreadable or of another kind.
+    """
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise InputDataError(f"missing Zarr store {path} (run the stage that writes it first)")
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    found = group.attrs.get("kind")
+    if found != kind:
+        raise InputDataError(f"{path}: expected a store of {kind!r}, found {found!r}")
+    return group
+
+
+def write_strings(group: zarr.Group, name: str, values: list[str] | np.ndarray) -> None:
+    """Store a 1-D array of strings (image IDs)."""
+    values = np.asarray(values, dtype=str)
+    array = group.create_array(name, shape=values.shape, dtype=str, chunks=(max(len(values), 1),))
+    if len(values):
+        array[:] = values
+
+
+def read_strings(group: zarr.Group, name: str) -> list[str]:
+    """Read a 1-D array of strings written by :func:`write_strings`."""
+    array = group[name]
+    return [str(value) for value in array[:]] if array.shape[0] else []
+
+
+def write_table(group: zarr.Group, name: str, values: np.ndarray) -> None:
+    """Store a small numeric array in a single chunk."""
+    values = np.ascontiguousarray(values)
+    chunks = tuple(max(extent, 1) for extent in values.shape)
+    array = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks, compressors=TABLE_COMPRESSORS)
+    if values.size:
+        array[...] = values

@@ -1,0 +1,152 @@
+"""Prediction stores: per-cell and per-image probabilities with the cell identity that indexes them.
+
+Cell identity is (image ID, mask value). Everything that combines predictions (folds, models,
+ensembles, pseudo labels, the submission) joins on that identity and reports any mismatch, never
+relying on positions alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.io.stores import TABLE_COMPRESSORS, atomic_store, open_store, read_strings, write_strings, write_table
+from hpa_pipeline.labels import N_CLASSES
+
+
+@dataclass
+class PredictionSet:
+    """Predictions for a sequence of images.
+
+    Attributes:
+        ids: (n,) image IDs.
+        offsets: (n + 1,) int64; the cells of image i are rows ``offsets[i]:offsets[i + 1]``.
+        instance: (n_cells,) int32 mask values.
+        probs: (n_cells, 19, n_views) float32 cell probabilities (views = TTA, or 1 after averaging).
+        image_probs: (n, 19, n_views) float32 image probabilities.
+    """
+
+    ids: list[str]
+    offsets: np.ndarray
+    instance: np.ndarray
+    probs: np.ndarray
+    image_probs: np.ndarray
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.offsets[-1])
+
+    def mean_views(self) -> PredictionSet:
+        """Average the TTA views away (keeps a views axis of length 1)."""
+        return PredictionSet(
+            self.ids, self.offsets, self.instance,
+            self.probs.mean(axis=2, keepdims=True, dtype=np.float64).astype(np.float32),
+            self.image_probs.mean(axis=2, keepdims=True, dtype=np.float64).astype(np.float32),
+        )
+
+    def image_rows(self) -> dict[str, int]:
+        return {image_id: row for row, image_id in enumerate(self.ids)}
+
+
+def empty_predictions(n_views: int) -> PredictionSet:
+    return PredictionSet([], np.zeros(1, np.int64), np.zeros(0, np.int32),
+                         np.zeros((0, N_CLASSES, n_views), np.float32), np.zeros((0, N_CLASSES, n_views), np.float32))
+
+
+def write_predictions(path: str | Path, predictions: PredictionSet, **attrs: object) -> None:
+    """Write a prediction store atomically."""
+    with atomic_store(path, "predictions", **attrs) as group:
+        write_strings(group, "ids", predictions.ids)
+        write_table(group, "offsets", predictions.offsets.astype(np.int64))
+        write_table(group, "instance", predictions.instance.astype(np.int32))
+        for name in ("probs", "image_probs"):
+            values = np.ascontiguousarray(predictions.__dict__[name], dtype=np.float32)
+            chunk_rows = max(1, min(len(values), 65536))
+            array = group.create_array(name, shape=values.shape, dtype="float32",
+                                       chunks=(chunk_rows, *values.shape[1:]), compressors=TABLE_COMPRESSORS)
+            if values.size:
+                array[...] = values
+
+
+def read_predictions(path: str | Path) -> PredictionSet:
+    """Read a prediction store."""
+    group = open_store(path, "predictions")
+    return PredictionSet(
+        read_strings(group, "ids"), group["offsets"][...], group["instance"][...],
+        group["probs"][...], group["image_probs"][...],
+    )
+
+
+def concat_predictions(parts: Sequence[PredictionSet]) -> PredictionSet:
+    """Concatenate prediction sets image-wise (same number of views)."""
+    if not parts:
+        raise InputDataError("nothing to concatenate")
+    views = {part.probs.shape[2] for part in parts}
+    if len(views) > 1:
+        raise InputDataError(f"prediction sets with different numbers of views {sorted(views)}")
+    offsets = [np.zeros(1, np.int64)]
+    for part in parts:
+        offsets.append(part.offsets[1:] + offsets[-1][-1])
+    return PredictionSet(
+        [image_id for part in parts for image_id in part.ids],
+        np.concatenate(offsets),
+        np.concatenate([part.instance for part in parts]).astype(np.int32),
+        np.concatenate([part.probs for part in parts]),
+        np.concatenate([part.image_probs for part in parts]),
+    )
+
+
+def select_images(predictions: PredictionSet, ids: Sequence[str], source: str = "predictions") -> PredictionSet:
+    """The predictions of ``ids``, in that order (each must be present exactly once)."""
+    rows = predictions.image_rows()
+    if len(rows) != len(predictions.ids):
+        raise InputDataError(f"{source}: an image occurs more than once")
+    missing = [image_id for image_id in ids if image_id not in rows]
+    if missing:
+        raise InputDataError(f"{source} lacks image(s) {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    order = np.array([rows[image_id] for image_id in ids], dtype=np.int64)
+    counts = np.diff(predictions.offsets)[order]
+    cell_rows = (
+        np.concatenate([np.arange(predictions.offsets[row], predictions.offsets[row + 1]) for row in order])
+        if len(order) else np.zeros(0, np.int64)
+    ).astype(np.int64)
+    return PredictionSet(
+        list(ids), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        predictions.instance[cell_rows], predictions.probs[cell_rows], predictions.image_probs[order],
+    )
+
+
+def check_same_cells(predictions: PredictionSet, ids: Sequence[str], offsets: np.ndarray, instance: np.ndarray, source: str) -> None:
+    """Raise unless ``predictions`` holds exactly the given images and cells, in the same order."""
+    if list(predictions.ids) != list(ids):
+        raise InputDataError(f"{source}: its images differ from the expected ones (first difference at "
+                             f"{_first_difference(predictions.ids, ids)})")
+    if not np.array_equal(predictions.offsets, offsets) or not np.array_equal(predictions.instance, instance):
+        counts = np.diff(predictions.offsets)
+        expected = np.diff(offsets)
+        for row, image_id in enumerate(ids):
+            mine = predictions.instance[predictions.offsets[row]:predictions.offsets[row + 1]]
+            theirs = instance[offsets[row]:offsets[row + 1]]
+            if counts[row] != expected[row] or not np.array_equal(mine, theirs):
+                raise InputDataError(
+                    f"{source}: the cells of image {image_id} differ ({len(mine)} cells {mine[:8].tolist()} vs "
+                    f"{len(theirs)} expected {theirs[:8].tolist()}); were the stores built from different masks?"
+                )
+
+
+def align_to_cells(predictions: PredictionSet, ids: Sequence[str], offsets: np.ndarray, instance: np.ndarray, source: str) -> PredictionSet:
+    """Reorder ``predictions`` to the images ``ids`` and check that every image has the same cells."""
+    aligned = select_images(predictions, ids, source)
+    check_same_cells(aligned, ids, offsets, instance, source)
+    return aligned
+
+
+def _first_difference(left: Sequence[str], right: Sequence[str]) -> str:
+    for position, (a, b) in enumerate(zip(left, right)):
+        if a != b:
+            return f"position {position}: {a!r} vs {b!r}"
+    return f"lengths {len(left)} vs {len(right)}"

@@ -1,0 +1,1 @@
+"""Preprocessing stages: resize, segment, mask resize and cell table, cell crops."""

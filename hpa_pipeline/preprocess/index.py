@@ -1,0 +1,85 @@
+"""The image index of a dataset: its IDs in canonical (table) order, their labels and their shard.
+
+Building the index checks every channel file up front, so a missing file is reported before hours of
+work, with the full list of what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.io.channels import CHANNELS, IMAGE_SUFFIXES
+from hpa_pipeline.labels import read_test_table, read_train_table
+
+INDEX_COLUMNS = ("ID", "shard", "Label")
+
+
+def build_index(image_dir: str | Path, table_path: str | Path, kind: str, n_shards: int) -> pd.DataFrame:
+    """List a dataset's images in table order and assign each to a shard.
+
+    Args:
+        image_dir: folder with ``{ID}_{red,green,blue,yellow}.png`` files.
+        table_path: ``train.csv`` (kind "train") or ``sample_submission.csv`` (kind "test").
+        kind: "train" (labelled) or "test".
+        n_shards: number of shards; shard k holds a contiguous block of rows.
+
+    Returns:
+        A table with columns ID, shard, Label ("" for test images).
+    """
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise InputDataError(f"missing image folder {image_dir}")
+    if n_shards < 1:
+        raise InputDataError(f"number of shards must be at least 1, got {n_shards}")
+    table = read_train_table(table_path) if kind == "train" else read_test_table(table_path)
+    available = set(os.listdir(image_dir))
+    missing = [
+        f"{image_id}_{channel}.png"
+        for image_id in table["ID"]
+        for channel in CHANNELS
+        if not any(f"{image_id}_{channel}{suffix}" in available for suffix in IMAGE_SUFFIXES)
+    ]
+    if missing:
+        shown = ", ".join(str(image_dir / name) for name in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise InputDataError(f"{table_path} lists images whose files are missing: {shown}{more}")
+    n_images = len(table)
+    index = pd.DataFrame(
+        {
+            "ID": table["ID"].to_numpy(),
+            "shard": [row * n_shards // max(n_images, 1) for row in range(n_images)],
+            "Label": table["Label"].to_numpy() if kind == "train" else "",
+        }
+    )
+    return index
+
+
+def write_index(path: str | Path, index: pd.DataFrame) -> None:
+    """Write the index CSV atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        index.to_csv(handle, index=False)
+    os.replace(handle.name, path)
+
+
+def read_index(path: str | Path) -> pd.DataFrame:
+    """Read an index written by :func:`write_index`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"missing image index {path}")
+    index = pd.read_csv(path, dtype={"ID": str, "shard": int, "Label": str}, keep_default_na=False)
+    missing = [column for column in INDEX_COLUMNS if column not in index.columns]
+    if missing:
+        raise InputDataError(f"{path}: not an image index (missing column(s) {', '.join(missing)})")
+    return index
+
+
+def shard_ids(index: pd.DataFrame, shard: int) -> list[str]:
+    """IDs of one shard, in canonical order."""
+    return index.loc[index["shard"] == shard, "ID"].tolist()

@@ -1,0 +1,1 @@
+"""Training: folds, datasets, models, losses, CutMix, schedules, devices and the training loop."""

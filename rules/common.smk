@@ -1,0 +1,207 @@
+# Paths, shard lists, model inputs and config checks shared by every rule module.
+import os
+import re
+
+from snakemake.exceptions import WorkflowError
+
+from hpa_pipeline.config import check_config, resolve_model, settings_json, train_datasets
+from hpa_pipeline.errors import ConfigError
+
+try:
+    check_config(config)
+except ConfigError as error:
+    raise WorkflowError(f"invalid configuration: {error}")
+
+
+INPUT_DIR = config["input_dir"].rstrip("/")
+TRAIN_DATASETS = train_datasets(config)
+DATASETS = TRAIN_DATASETS + ["test"]
+EXTRA_SETS = config.get("extra_train_sets") or {}
+IMAGE_SIZES = [int(size) for size in config["preprocess"]["image_sizes"]]
+CROP_IMAGE_SIZES = [int(size) for size in config["preprocess"]["crop_image_sizes"]]
+SEGMENT_GPU = 1 if config["segment"]["backend"] == "hpacellseg" else 0
+MODELS = config.get("models") or {}
+N_FOLDS = config["folds"]["n_folds"]
+FOLDS = list(range(N_FOLDS))
+
+
+def _alternatives(names):
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+wildcard_constraints:
+    dataset=_alternatives(DATASETS),
+    model=_alternatives(MODELS),
+    size=r"\d+",
+    shard=r"\d+",
+    fold=r"\d+",
+
+
+# ------------------------------------------------------------------------------------ datasets
+
+
+def image_dir(dataset):
+    if dataset in EXTRA_SETS:
+        return EXTRA_SETS[dataset]["images"]
+    return f"{INPUT_DIR}/{dataset}"
+
+
+def label_table(dataset):
+    if dataset in EXTRA_SETS:
+        return EXTRA_SETS[dataset]["table"]
+    return f"{INPUT_DIR}/{'sample_submission.csv' if dataset == 'test' else 'train.csv'}"
+
+
+def index_kind(dataset):
+    return "test" if dataset == "test" else "train"
+
+
+def n_shards(dataset):
+    if dataset in EXTRA_SETS:
+        return EXTRA_SETS[dataset]["shards"]
+    return config["shards"][dataset]
+
+
+def shards(dataset):
+    return range(n_shards(dataset))
+
+
+def index_csv(dataset):
+    return f"results/{dataset}/index.csv"
+
+
+def folds_csv(dataset):
+    return f"results/folds/{dataset}.csv"
+
+
+def images_store(dataset, size, shard):
+    return f"results/{dataset}/images_{size}/shard-{shard}.zarr"
+
+
+def masks_store(dataset, shard):
+    return f"results/{dataset}/masks/shard-{shard}.zarr"
+
+
+def resized_masks_store(dataset, size, shard):
+    return f"results/{dataset}/masks_{size}/shard-{shard}.zarr"
+
+
+def cells_store(dataset, shard):
+    return f"results/{dataset}/cells/shard-{shard}.zarr"
+
+
+def crops_store(dataset, size, shard):
+    return f"results/{dataset}/crops_{size}/shard-{shard}.zarr"
+
+
+def all_shards(path_of, datasets, *args):
+    """One path per shard of every dataset, datasets in the given order."""
+    return [path_of(dataset, *args, shard) for dataset in datasets for shard in shards(dataset)]
+
+
+def segment_settings(dataset):
+    return config["segment"]["inputs"]["test" if dataset == "test" else "train"]
+
+
+def segment_source_input(wildcards):
+    source = segment_settings(wildcards.dataset)["source"]
+    if source == "original":
+        return image_dir(wildcards.dataset)
+    return images_store(wildcards.dataset, source, wildcards.shard)
+
+
+def segment_source_option(wildcards):
+    source = segment_settings(wildcards.dataset)["source"]
+    return "--images-dir" if source == "original" else "--images-store"
+
+
+def hpacellseg_options():
+    if config["segment"]["backend"] != "hpacellseg":
+        return ""
+    weights = config["segment"]["hpacellseg"]
+    return (
+        f"--nuclei-model {weights['nuclei_model']} --nuclei-model-sha256 {weights['nuclei_model_sha256']} "
+        f"--cell-model {weights['cell_model']} --cell-model-sha256 {weights['cell_model_sha256']}"
+    )
+
+
+def preprocess_outputs():
+    outputs = []
+    for dataset in DATASETS:
+        for shard in shards(dataset):
+            outputs.append(cells_store(dataset, shard))
+            outputs += [resized_masks_store(dataset, size, shard) for size in IMAGE_SIZES]
+            outputs += [images_store(dataset, size, shard) for size in IMAGE_SIZES]
+            outputs += [crops_store(dataset, size, shard) for size in CROP_IMAGE_SIZES]
+    return outputs
+
+
+# -------------------------------------------------------------------------------------- models
+
+
+def model_settings(name):
+    return resolve_model(config, name)
+
+
+def model_settings_json(wildcards):
+    return settings_json(model_settings(wildcards.model))
+
+
+def model_dir(model, fold):
+    return f"results/models/{model}/fold{fold}"
+
+
+def ensemble_store(name):
+    return f"results/ensembles/{name}/oof.zarr"
+
+
+def model_data(model, datasets):
+    """The stores a model reads for the given datasets (images and masks, or crops)."""
+    settings = model_settings(model)
+    size = settings["image_size"]
+    data = {"cells": all_shards(cells_store, datasets)}
+    if settings["kind"] == "image":
+        data["images"] = all_shards(images_store, datasets, size)
+        data["masks"] = all_shards(resized_masks_store, datasets, size)
+    else:
+        data["crops"] = all_shards(crops_store, datasets, size)
+    return data
+
+
+def training_inputs(wildcards):
+    settings = model_settings(wildcards.model)
+    inputs = {
+        "index": [index_csv(dataset) for dataset in TRAIN_DATASETS],
+        "folds": [folds_csv(dataset) for dataset in TRAIN_DATASETS],
+        **model_data(wildcards.model, TRAIN_DATASETS),
+    }
+    if settings.get("pseudo_labels"):
+        inputs["pseudo_labels"] = ensemble_store(settings["pseudo_labels"])
+    if settings.get("init_from"):
+        inputs["init_checkpoint"] = f"{model_dir(settings['init_from'], wildcards.fold)}/final.pt"
+    return inputs
+
+
+def test_inputs(wildcards):
+    return model_data(wildcards.model, ["test"])
+
+
+def data_options(wildcards, input):
+    """Command-line options naming a model's input stores."""
+    options = []
+    for name in ("index", "folds", "cells", "images", "masks", "crops"):
+        if name in input.keys():
+            options.append(f"--{name} " + " ".join(input[name]))
+    for name in ("pseudo_labels", "init_checkpoint"):
+        if name in input.keys():
+            options.append(f"--{name.replace('_', '-')} {input[name]}")
+    return " ".join(options)
+
+
+def model_outputs():
+    """Out-of-fold and test predictions of every configured model."""
+    outputs = []
+    for model in MODELS:
+        outputs.append(f"results/models/{model}/oof.zarr")
+        outputs += [f"{model_dir(model, fold)}/test.zarr" for fold in FOLDS]
+    return outputs

@@ -1,0 +1,67 @@
+# Predictions of every model: its held-out fold (joined into out-of-fold predictions) and the test set.
+
+
+rule predict_valid:
+    input:
+        unpack(training_inputs),
+        checkpoint="results/models/{model}/fold{fold}/final.pt",
+    output:
+        directory("results/models/{model}/fold{fold}/valid.zarr"),
+    params:
+        settings=model_settings_json,
+        data=data_options,
+        device=config.get("train_device", "auto"),
+    threads: 4
+    resources:
+        gpu=1,
+    log:
+        "logs/predict_valid/{model}-fold{fold}.log",
+    benchmark:
+        "logs/benchmarks/predict_valid/{model}-fold{fold}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "hpa-pipeline predict --settings {params.settings:q} --checkpoint {input.checkpoint} "
+        "--fold {wildcards.fold} {params.data} --device {params.device} --threads {threads} "
+        "--out {output} > {log} 2>&1"
+
+
+rule concat_valid:
+    input:
+        parts=expand("results/models/{{model}}/fold{fold}/valid.zarr", fold=FOLDS),
+        index=[index_csv(dataset) for dataset in TRAIN_DATASETS],
+    output:
+        directory("results/models/{model}/oof.zarr"),
+    log:
+        "logs/concat_valid/{model}.log",
+    benchmark:
+        "logs/benchmarks/concat_valid/{model}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "hpa-pipeline concat --parts {input.parts} --index {input.index} --model {wildcards.model} "
+        "--out {output} > {log} 2>&1"
+
+
+rule predict_test:
+    input:
+        unpack(test_inputs),
+        checkpoint="results/models/{model}/fold{fold}/final.pt",
+    output:
+        directory("results/models/{model}/fold{fold}/test.zarr"),
+    params:
+        settings=model_settings_json,
+        data=data_options,
+        device=config.get("train_device", "auto"),
+    threads: 4
+    resources:
+        gpu=1,
+    log:
+        "logs/predict_test/{model}-fold{fold}.log",
+    benchmark:
+        "logs/benchmarks/predict_test/{model}-fold{fold}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "hpa-pipeline predict --settings {params.settings:q} --checkpoint {input.checkpoint} "
+        "{params.data} --device {params.device} --threads {threads} --out {output} > {log} 2>&1"

@@ -1,0 +1,88 @@
+# Preprocessing, one job per dataset and shard: resize -> segment -> resize_masks (+ cell table) -> crop_cells.
+
+
+rule resize_image:
+    input:
+        index=lambda wildcards: index_csv(wildcards.dataset),
+        images=lambda wildcards: image_dir(wildcards.dataset),
+    output:
+        directory(expand("results/{{dataset}}/images_{size}/shard-{{shard}}.zarr", size=IMAGE_SIZES)),
+    params:
+        sizes=" ".join(str(size) for size in IMAGE_SIZES),
+    threads: 2
+    log:
+        "logs/resize_image/{dataset}-{shard}.log",
+    benchmark:
+        "logs/benchmarks/resize_image/{dataset}-{shard}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "hpa-pipeline resize --index {input.index} --images {input.images} --shard {wildcards.shard} "
+        "--sizes {params.sizes} --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule segment:
+    input:
+        index=lambda wildcards: index_csv(wildcards.dataset),
+        source=segment_source_input,
+    output:
+        directory("results/{dataset}/masks/shard-{shard}.zarr"),
+    params:
+        source_option=segment_source_option,
+        scale_factor=lambda wildcards: segment_settings(wildcards.dataset)["scale_factor"],
+        backend=config["segment"]["backend"],
+        device=config["segment"]["device"],
+        weights=hpacellseg_options(),
+    threads: 1
+    resources:
+        gpu=SEGMENT_GPU,
+    log:
+        "logs/segment/{dataset}-{shard}.log",
+    benchmark:
+        "logs/benchmarks/segment/{dataset}-{shard}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "hpa-pipeline segment --index {input.index} --shard {wildcards.shard} "
+        "{params.source_option} {input.source} --scale-factor {params.scale_factor} "
+        "--backend {params.backend} --device {params.device} {params.weights} "
+        "--threads {threads} --out {output} > {log} 2>&1"
+
+
+rule resize_masks:
+    input:
+        masks=lambda wildcards: masks_store(wildcards.dataset, wildcards.shard),
+    output:
+        masks=directory(expand("results/{{dataset}}/masks_{size}/shard-{{shard}}.zarr", size=IMAGE_SIZES)),
+        cells=directory("results/{dataset}/cells/shard-{shard}.zarr"),
+    params:
+        sizes=" ".join(str(size) for size in IMAGE_SIZES),
+    log:
+        "logs/resize_masks/{dataset}-{shard}.log",
+    benchmark:
+        "logs/benchmarks/resize_masks/{dataset}-{shard}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "hpa-pipeline resize-masks --masks {input.masks} --sizes {params.sizes} "
+        "--out-masks {output.masks} --out-cells {output.cells} > {log} 2>&1"
+
+
+rule crop_cells:
+    input:
+        images=lambda wildcards: images_store(wildcards.dataset, wildcards.size, wildcards.shard),
+        masks=lambda wildcards: resized_masks_store(wildcards.dataset, wildcards.size, wildcards.shard),
+        cells=lambda wildcards: cells_store(wildcards.dataset, wildcards.shard),
+    output:
+        directory("results/{dataset}/crops_{size}/shard-{shard}.zarr"),
+    params:
+        crop_size=config["preprocess"]["crop_size"],
+    log:
+        "logs/crop_cells/{dataset}-{size}-{shard}.log",
+    benchmark:
+        "logs/benchmarks/crop_cells/{dataset}-{size}-{shard}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "hpa-pipeline crop --images {input.images} --masks {input.masks} --cells {input.cells} "
+        "--crop-size {params.crop_size} --out {output} > {log} 2>&1"

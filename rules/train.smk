@@ -1,0 +1,48 @@
+# Folds per training dataset, then one training job per model and fold (GPU when there is one).
+
+
+rule make_folds:
+    input:
+        index=lambda wildcards: index_csv(wildcards.dataset),
+    output:
+        "results/folds/{dataset}.csv",
+    params:
+        n_folds=N_FOLDS,
+        seed=config["seed"],
+    log:
+        "logs/make_folds/{dataset}.log",
+    benchmark:
+        "logs/benchmarks/make_folds/{dataset}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "hpa-pipeline folds --index {input.index} --n-folds {params.n_folds} --seed {params.seed} "
+        "--out {output} > {log} 2>&1"
+
+
+rule train_model:
+    input:
+        unpack(training_inputs),
+    output:
+        model="results/models/{model}/fold{fold}/final.pt",
+        metrics="results/models/{model}/fold{fold}/metrics.csv",
+        run="results/models/{model}/fold{fold}/run.yaml",
+    params:
+        settings=model_settings_json,
+        data=data_options,
+        checkpoint_dir="results/checkpoints/{model}/fold{fold}",
+        out_dir=lambda wildcards, output: os.path.dirname(output.model),
+        device=config.get("train_device", "auto"),
+    threads: 4
+    resources:
+        gpu=1,
+    log:
+        "logs/train_model/{model}-fold{fold}.log",
+    benchmark:
+        "logs/benchmarks/train_model/{model}-fold{fold}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "hpa-pipeline train --settings {params.settings:q} --fold {wildcards.fold} {params.data} "
+        "--checkpoint-dir {params.checkpoint_dir} --out-dir {params.out_dir} --device {params.device} "
+        "--threads {threads} > {log} 2>&1"

@@ -1,0 +1,81 @@
+import copy
+
+import pytest
+import yaml
+
+from hpa_pipeline.config import check_config, resolve_model, settings_json, train_datasets
+from hpa_pipeline.errors import ConfigError
+from hpa_pipeline.train.settings import ModelSettings
+from workflow_helpers import REPO
+
+
+@pytest.fixture
+def demo_config() -> dict:
+    return yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+
+
+@pytest.fixture
+def full_config() -> dict:
+    return yaml.safe_load((REPO / "workflow_config.yaml").read_text())
+
+
+def test_shipped_configs_pass_the_checks(demo_config, full_config):
+    check_config(demo_config)
+    check_config(full_config)
+
+
+def test_every_resolved_model_builds_its_settings(demo_config, full_config):
+    for config in (demo_config, full_config):
+        for name in config["models"]:
+            settings = ModelSettings.from_dict(resolve_model(config, name))
+            assert settings.name == name and settings.seed == config["seed"]
+
+
+def test_model_keys_override_the_kind_defaults(demo_config):
+    demo_config["models"]["cam_tiny"]["lr"] = 0.5
+    settings = resolve_model(demo_config, "cam_tiny")
+    assert settings["lr"] == 0.5 and settings["epochs"] == demo_config["model_defaults"]["image"]["epochs"]
+    assert settings_json(settings) == settings_json(dict(reversed(list(settings.items()))))
+
+
+def edit(config: dict, path: str, value) -> dict:
+    config = copy.deepcopy(config)
+    node = config
+    *parents, key = path.split(".")
+    for parent in parents:
+        node = node[parent]
+    node[key] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("preprocess.crop_image_sizes", [999], "preprocess.crop_image_sizes: 999"),
+        ("segment.inputs.test.source", 333, "segment.inputs.test.source: 333"),
+        ("models.cam_tiny.image_size", 100, "models.cam_tiny.image_size: 100"),
+        ("models.cam_tiny.crop_size", 500, "models.cam_tiny.crop_size 500 exceeds"),
+        ("models.cell_tiny.crop_size", 32, "models.cell_tiny: crop_size only apply to image models"),
+        ("models.cam_tiny.init_from", "ghost", "models.cam_tiny.init_from: unknown model 'ghost'"),
+        ("models.cam_tiny.init_from", "cell_tiny", "a checkpoint only fits the same architecture"),
+        ("models.cam_tiny.pseudo_labels", "stage9", "models.cam_tiny.pseudo_labels: unknown ensemble 'stage9'"),
+        ("ensembles", {"stage1": ["cam_tiny", "nobody"]}, "ensembles.stage1: unknown model 'nobody'"),
+        ("extra_train_sets", {"test": {"images": "x", "table": "y", "shards": 1}}, "names train and test are taken"),
+    ],
+)
+def test_config_mistakes_name_the_key(demo_config, path, value, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_config(edit(demo_config, path, value))
+
+
+def test_dependency_cycle_is_reported_with_its_path(demo_config):
+    config = edit(demo_config, "ensembles", {"a": ["cam_tiny"], "b": ["cell_tiny"]})
+    config["models"]["cam_tiny"]["pseudo_labels"] = "b"
+    config["models"]["cell_tiny"]["pseudo_labels"] = "a"
+    with pytest.raises(ConfigError, match="cycle: (cam_tiny -> cell_tiny -> cam_tiny|cell_tiny -> cam_tiny -> cell_tiny)"):
+        check_config(config)
+
+
+def test_train_datasets_include_the_extra_sets_in_order(demo_config):
+    demo_config["extra_train_sets"] = {"public_hpa": {"images": "a", "table": "b", "shards": 2}, "more": {"images": "c", "table": "d", "shards": 1}}
+    assert train_datasets(demo_config) == ["train", "public_hpa", "more"]

@@ -1,0 +1,112 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from conftest import store_paths
+from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.io.stores import open_store
+from hpa_pipeline.train.data import (
+    CamTrainingSet,
+    CellCropSet,
+    EpochSampler,
+    ShardedArray,
+    cell_targets_from_images,
+    collate_cam,
+    read_cell_index,
+    read_labelled_images,
+)
+
+
+def test_sharded_array_reads_across_shards_in_order(demo_stores):
+    paths = store_paths(demo_stores, "train", "images_96")
+    array = ShardedArray(paths, "images", "images")
+    expected = np.concatenate([open_store(path, "images")["images"][:] for path in paths])
+    assert len(array) == len(expected) == 10
+    for row in (0, 4, 5, 9):
+        assert np.array_equal(array[row], expected[row])
+    clone = pickle.loads(pickle.dumps(array))  # what a loader worker receives
+    assert np.array_equal(clone[7], expected[7])
+
+
+def test_cell_index_and_labelled_images_agree(demo_stores):
+    root = demo_stores["root"]
+    images = read_labelled_images([root / "train/index.csv"], [root / "folds/train.csv"])
+    cells = read_cell_index(store_paths(demo_stores, "train", "cells"))
+    assert cells.ids == images.ids
+    assert set(images.folds.tolist()) == {0, 1}
+    targets = cell_targets_from_images(cells, images.labels)
+    assert targets.shape == (cells.n_cells, 19)
+    first_image_cells = slice(cells.offsets[0], cells.offsets[1])
+    assert (targets[first_image_cells] == images.labels[0]).all()
+    subset = cells.subset(np.array([3, 1]))
+    assert subset.ids == [cells.ids[3], cells.ids[1]]
+    assert np.array_equal(subset.instances_of(0), cells.instances_of(3))
+
+
+def test_folds_of_other_images_are_refused(demo_stores, tmp_path):
+    root = demo_stores["root"]
+    folds = (root / "folds/train.csv").read_text().splitlines()
+    (tmp_path / "folds.csv").write_text("\n".join([folds[0], *reversed(folds[1:])]) + "\n")
+    with pytest.raises(InputDataError, match="does not list the images"):
+        read_labelled_images([root / "train/index.csv"], [tmp_path / "folds.csv"])
+
+
+def make_cam_set(demo_stores, pseudo: bool) -> CamTrainingSet:
+    root = demo_stores["root"]
+    images = read_labelled_images([root / "train/index.csv"], [root / "folds/train.csv"])
+    cells = read_cell_index(store_paths(demo_stores, "train", "cells"))
+    targets = np.random.default_rng(0).random((cells.n_cells, 19)).astype(np.float32) if pseudo else None
+    return CamTrainingSet(
+        ShardedArray(store_paths(demo_stores, "train", "images_96"), "images", "images"),
+        ShardedArray(store_paths(demo_stores, "train", "masks_96"), "masks_resized", "masks"),
+        np.arange(10), images.labels, cells, targets, crop_size=64, hflip=True, seed=5,
+    )
+
+
+def test_cam_samples_depend_only_on_seed_epoch_and_image(demo_stores):
+    dataset = make_cam_set(demo_stores, pseudo=False)
+    first, again, other_epoch = dataset[(3, 0)], dataset[(3, 0)], dataset[(3, 1)]
+    assert first["image"].shape == (4, 64, 64) and first["mask"].shape == (64, 64)
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["mask"], again["mask"])
+    assert not torch.equal(first["image"], other_epoch["image"])
+
+
+def test_loader_batches_do_not_depend_on_workers(demo_stores):
+    dataset = make_cam_set(demo_stores, pseudo=True)
+    batches = []
+    for workers in (0, 1):
+        sampler = EpochSampler(len(dataset), seed=1)
+        sampler.set_epoch(2)
+        loader = DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=workers, collate_fn=collate_cam)
+        batches.append(list(loader))
+    for left, right in zip(*batches):
+        for key in ("image", "mask", "labels"):
+            assert torch.equal(left[key], right[key])
+        assert torch.equal(torch.nan_to_num(left["pseudo"], -1), torch.nan_to_num(right["pseudo"], -1))
+
+
+def test_pseudo_tables_are_padded_with_nan_rows(demo_stores):
+    dataset = make_cam_set(demo_stores, pseudo=True)
+    batch = collate_cam([dataset[(0, 0)], dataset[(1, 0)]])
+    table = batch["pseudo"]
+    assert table.shape[0] == 2 and table.shape[2] == 19
+    instances = dataset.cells.instances_of(0)
+    rows = dataset.cells.offsets[0] + np.arange(len(instances))
+    assert torch.allclose(table[0, torch.from_numpy(instances.astype(np.int64))], torch.from_numpy(dataset.cell_targets[rows]))
+    assert torch.isnan(table[0, 0]).all()  # background row
+
+
+def test_cell_crop_set_pairs_crops_with_targets(demo_stores):
+    crops = ShardedArray(store_paths(demo_stores, "train", "crops_96"), "crops", "crops")
+    rows = np.array([0, 5, 2])
+    targets = np.eye(19, dtype=np.float32)[:3]
+    dataset = CellCropSet(crops, rows, targets)
+    sample = dataset[(1, 0)]
+    assert sample["crop"].shape == (8, 24, 24) and sample["crop"].dtype == torch.float32
+    assert torch.equal(sample["crop"], torch.from_numpy(crops[5]).float())
+    assert torch.equal(sample["target"], torch.from_numpy(targets[1]))
+    with pytest.raises(InputDataError):
+        CellCropSet(crops, rows, targets[:2])

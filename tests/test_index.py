@@ -1,0 +1,36 @@
+import pytest
+
+from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.preprocess.index import build_index, read_index, shard_ids, write_index
+
+
+def test_shards_are_contiguous_blocks_in_table_order(tiny_dataset, tmp_path):
+    index = build_index(tiny_dataset / "train", tiny_dataset / "train.csv", "train", n_shards=2)
+    assert index["ID"].tolist() == [f"img{i}" for i in range(5)]
+    assert index["shard"].tolist() == [0, 0, 0, 1, 1]
+    write_index(tmp_path / "index.csv", index)
+    again = read_index(tmp_path / "index.csv")
+    assert shard_ids(again, 1) == ["img3", "img4"]
+    assert again["Label"].tolist()[4] == "1|18"
+
+
+def test_more_shards_than_images_leaves_empty_shards(tiny_dataset):
+    index = build_index(tiny_dataset / "test", tiny_dataset / "sample_submission.csv", "test", n_shards=4)
+    assert index["shard"].tolist() == [0, 2]
+    assert shard_ids(index, 1) == []
+
+
+def test_id_without_images_is_reported_before_any_work(tiny_dataset):
+    with open(tiny_dataset / "train.csv", "a") as table:
+        table.write("ghost,3\n")
+    (tiny_dataset / "train" / "img2_green.png").unlink()
+    with pytest.raises(InputDataError) as error:
+        build_index(tiny_dataset / "train", tiny_dataset / "train.csv", "train", n_shards=1)
+    message = str(error.value)
+    assert "img2_green.png" in message and "ghost_red.png" in message and "ghost_yellow.png" in message
+
+
+def test_missing_image_folder_is_named(tmp_path):
+    (tmp_path / "train.csv").write_text("ID,Label\na,1\n")
+    with pytest.raises(InputDataError, match="missing image folder .*nowhere"):
+        build_index(tmp_path / "nowhere", tmp_path / "train.csv", "train", n_shards=1)

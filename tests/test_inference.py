@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from conftest import store_paths
+from hpa_pipeline.ensemble import concat_fold_stores
+from hpa_pipeline.errors import ConfigError, InputDataError
+from hpa_pipeline.inference import predict_split
+from hpa_pipeline.predictions import read_predictions
+from hpa_pipeline.preprocess.masks import read_cell_table
+from hpa_pipeline.train.data import read_labelled_images
+from hpa_pipeline.train.loop import TrainingData, train_model
+from hpa_pipeline.train.settings import ModelSettings
+from test_loop import CELL_SETTINGS, IMAGE_SETTINGS, training_data
+
+
+@pytest.fixture(scope="module", params=["image", "cell"])
+def trained(request, demo_stores, tmp_path_factory):
+    """A model of each kind trained on both folds."""
+    settings = ModelSettings.from_dict(dict(IMAGE_SETTINGS if request.param == "image" else CELL_SETTINGS, epochs=1))
+    root = tmp_path_factory.mktemp(f"trained_{request.param}")
+    for fold in (0, 1):
+        train_model(settings, fold, training_data(demo_stores, settings.kind), root / f"fold{fold}", root / f"ckpt{fold}", "cpu", 1)
+    return settings, root
+
+
+def test_valid_predictions_cover_exactly_the_held_out_fold(trained, demo_stores):
+    settings, root = trained
+    for fold in (0, 1):
+        predict_split(settings, root / f"fold{fold}/final.pt", training_data(demo_stores, settings.kind), root / f"valid{fold}.zarr", fold, "cpu", 1)
+    base = demo_stores["root"]
+    images = read_labelled_images([base / "train/index.csv"], [base / "folds/train.csv"])
+    valid = read_predictions(root / "valid0.zarr")
+    assert valid.ids == [image_id for image_id, fold in zip(images.ids, images.folds) if fold == 0]
+    assert valid.probs.shape[1:] == (19, settings.tta)
+    assert valid.image_probs.shape == (len(valid.ids), 19, settings.tta)
+    assert np.isfinite(valid.probs).all() and ((valid.probs >= 0) & (valid.probs <= 1)).all()
+    concat_fold_stores([root / "valid1.zarr", root / "valid0.zarr"], [base / "train/index.csv"], root / "oof.zarr", settings.name)
+    oof = read_predictions(root / "oof.zarr")
+    assert oof.ids == images.ids
+    cells = [read_cell_table(path) for path in store_paths(demo_stores, "train", "cells")]
+    assert oof.instance.tolist() == [k for table in cells for k in table.instance.tolist()]
+
+
+def test_test_predictions_follow_the_test_cell_tables(trained, demo_stores):
+    settings, root = trained
+    data = TrainingData(index_paths=[], folds_paths=[], cells_paths=store_paths(demo_stores, "test", "cells"))
+    if settings.kind == "image":
+        data.images_paths = store_paths(demo_stores, "test", "images_96")
+        data.masks_paths = store_paths(demo_stores, "test", "masks_96")
+    else:
+        data.crops_paths = store_paths(demo_stores, "test", "crops_96")
+    predict_split(settings, root / "fold0/final.pt", data, root / "test.zarr", None, "cpu", 1)
+    table = read_cell_table(store_paths(demo_stores, "test", "cells")[0])
+    test = read_predictions(root / "test.zarr")
+    assert test.ids == table.ids
+    assert np.array_equal(test.offsets, table.offsets) and np.array_equal(test.instance, table.instance)
+
+
+def test_checkpoint_of_another_architecture_is_refused(trained, demo_stores, tmp_path):
+    settings, root = trained
+    other = ModelSettings.from_dict(dict(settings.to_dict(), cosine_head=True))
+    with pytest.raises(ConfigError, match="trained with other cosine_head"):
+        predict_split(other, root / "fold0/final.pt", training_data(demo_stores, settings.kind), tmp_path / "v.zarr", 0, "cpu", 1)
+    assert not (tmp_path / "v.zarr").exists()
+
+
+def test_concat_reports_missing_and_twice_predicted_images(trained, demo_stores, tmp_path):
+    settings, root = trained
+    base = demo_stores["root"]
+    predict_split(settings, root / "fold0/final.pt", training_data(demo_stores, settings.kind), tmp_path / "v0.zarr", 0, "cpu", 1)
+    with pytest.raises(InputDataError, match="no fold predicts image"):
+        concat_fold_stores([tmp_path / "v0.zarr"], [base / "train/index.csv"], tmp_path / "oof.zarr", "m")
+    with pytest.raises(InputDataError, match="predicted by two folds"):
+        concat_fold_stores([tmp_path / "v0.zarr", tmp_path / "v0.zarr"], [base / "train/index.csv"], tmp_path / "oof.zarr", "m")
+    assert not (tmp_path / "oof.zarr").exists()

@@ -1,0 +1,128 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import store_paths
+from hpa_pipeline.errors import ConfigError, InputDataError
+from hpa_pipeline.train.loop import TrainingData, train_model
+from hpa_pipeline.train.settings import ModelSettings
+
+IMAGE_SETTINGS = dict(
+    name="cam", kind="image", backbone="test_efficientnet", image_size=96, crop_size=64, epochs=2, batch_size=4,
+    lr=1e-3, seed=0, n_folds=2, warmup_epochs=1, tta=2,
+)
+CELL_SETTINGS = dict(name="cell", kind="cell", backbone="test_resnet", image_size=96, epochs=2, batch_size=8, lr=1e-3, seed=0, n_folds=2, warmup_epochs=1, tta=2)
+
+
+def training_data(stores, kind: str, **extra) -> TrainingData:
+    root = stores["root"]
+    data = TrainingData(index_paths=[root / "train/index.csv"], folds_paths=[root / "folds/train.csv"],
+                        cells_paths=store_paths(stores, "train", "cells"), **extra)
+    if kind == "image":
+        data.images_paths = store_paths(stores, "train", "images_96")
+        data.masks_paths = store_paths(stores, "train", "masks_96")
+    else:
+        data.crops_paths = store_paths(stores, "train", "crops_96")
+    return data
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("settings", [IMAGE_SETTINGS, CELL_SETTINGS], ids=["image", "cell"])
+def test_training_writes_model_metrics_and_resolved_config(demo_stores, tmp_path, settings):
+    model_settings = ModelSettings.from_dict(settings)
+    train_model(model_settings, 1, training_data(demo_stores, settings["kind"]), tmp_path / "out", tmp_path / "ckpt", "cpu", 1)
+    rows = read_rows(tmp_path / "out" / "metrics.csv")
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    for column in ("lr", "train_loss", "valid_image_map", "valid_image_macro_f1", "valid_cell_map"):
+        assert column in rows[0]
+    assert float(rows[0]["lr"]) == pytest.approx(1e-4)  # warm-up factor 0.1 in epoch 1
+    run = yaml.safe_load((tmp_path / "out" / "run.yaml").read_text())
+    assert run["settings"] == model_settings.to_dict() and run["fold"] == 1 and run["seed"] == 0
+    assert {"torch", "timm", "numpy", "hpa_pipeline"} <= set(run["versions"])
+    final = torch.load(tmp_path / "out" / "final.pt", weights_only=False)
+    assert final["settings"]["backbone"] == settings["backbone"] and final["fold"] == 1
+    assert (tmp_path / "ckpt" / "last.pt").is_file()
+
+
+def run_training_cli(stores, settings: dict, out: Path, checkpoint: Path) -> subprocess.Popen:
+    data = training_data(stores, "image")
+    command = [
+        sys.executable, "-m", "hpa_pipeline.cli", "train", "--settings", json.dumps(settings), "--fold", "0",
+        "--index", *map(str, data.index_paths), "--folds", *map(str, data.folds_paths),
+        "--cells", *map(str, data.cells_paths), "--images", *map(str, data.images_paths),
+        "--masks", *map(str, data.masks_paths), "--checkpoint-dir", str(checkpoint), "--out-dir", str(out),
+        "--device", "cpu", "--threads", "1",
+    ]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def final_weights(path: Path) -> dict:
+    return torch.load(path, weights_only=False)["model"]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(demo_stores, tmp_path):
+    settings = dict(IMAGE_SETTINGS, epochs=4, validate_every=10)
+    uninterrupted = run_training_cli(demo_stores, settings, tmp_path / "a", tmp_path / "ckpt_a")
+    assert uninterrupted.wait(timeout=600) == 0, uninterrupted.stdout.read()
+
+    killed = run_training_cli(demo_stores, settings, tmp_path / "b", tmp_path / "ckpt_b")
+    checkpoint = tmp_path / "ckpt_b" / "last.pt"
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the training finished before it could be killed"
+    assert not (tmp_path / "b" / "final.pt").exists()
+    done = torch.load(checkpoint, weights_only=False)["epoch"]
+    assert done < 3
+
+    resumed = run_training_cli(demo_stores, settings, tmp_path / "b", tmp_path / "ckpt_b")
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert f"resuming from {checkpoint} after epoch {done + 1}" in output
+    a, b = final_weights(tmp_path / "a" / "final.pt"), final_weights(tmp_path / "b" / "final.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert len(read_rows(tmp_path / "b" / "metrics.csv")) == 4
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(demo_stores, tmp_path, caplog):
+    data = training_data(demo_stores, "image")
+    train_model(ModelSettings.from_dict(dict(IMAGE_SETTINGS, epochs=1)), 0, data, tmp_path / "a", tmp_path / "ckpt", "cpu", 1)
+    caplog.set_level("INFO")
+    train_model(ModelSettings.from_dict(dict(IMAGE_SETTINGS, epochs=1, lr=5e-4)), 0, data, tmp_path / "b", tmp_path / "ckpt", "cpu", 1)
+    assert "ignoring" in caplog.text and "resuming" not in caplog.text
+
+
+def test_unknown_backbone_is_a_clear_error(demo_stores, tmp_path):
+    settings = ModelSettings.from_dict(dict(IMAGE_SETTINGS, backbone="efficientnet_b99"))
+    with pytest.raises(ConfigError, match="efficientnet_b99"):
+        train_model(settings, 0, training_data(demo_stores, "image"), tmp_path / "o", tmp_path / "c", "cpu", 1)
+
+
+def test_missing_store_is_a_clear_error(demo_stores, tmp_path):
+    data = training_data(demo_stores, "image")
+    data.masks_paths = [tmp_path / "nowhere.zarr"]
+    with pytest.raises(InputDataError, match="missing Zarr store .*nowhere.zarr"):
+        train_model(ModelSettings.from_dict(IMAGE_SETTINGS), 0, data, tmp_path / "o", tmp_path / "c", "cpu", 1)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_setting_is_named():
+    with pytest.raises(ConfigError, match="unknown setting.*learning_rate"):
+        ModelSettings.from_dict(dict(IMAGE_SETTINGS, learning_rate=1))
