@@ -20,6 +20,8 @@ EXTRA_SETS = config.get("extra_train_sets") or {}
 IMAGE_SIZES = [int(size) for size in config["preprocess"]["image_sizes"]]
 CROP_IMAGE_SIZES = [int(size) for size in config["preprocess"]["crop_image_sizes"]]
 SEGMENT_GPU = 1 if config["segment"]["backend"] == "hpacellseg" else 0
+# only the hpacellseg backend needs the environment that installs HPA's package (from GitHub)
+SEGMENT_ENV = "../envs/segment.yaml" if config["segment"]["backend"] == "hpacellseg" else "../envs/pipeline.yaml"
 MODELS = config.get("models") or {}
 N_FOLDS = config["folds"]["n_folds"]
 FOLDS = list(range(N_FOLDS))

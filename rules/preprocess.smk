@@ -41,7 +41,7 @@ rule segment:
     benchmark:
         "logs/benchmarks/segment/{dataset}-{shard}.tsv"
     conda:
-        "../envs/pipeline.yaml"
+        SEGMENT_ENV
     shell:
         "hpa-pipeline segment --index {input.index} --shard {wildcards.shard} "
         "{params.source_option} {input.source} --scale-factor {params.scale_factor} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -9,7 +10,16 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REALDATA = REPO.parent / "shared" / "realdata" / "hpa_samples"
+def _find_realdata() -> Path:
+    """The shared real samples: $HPA_REALDATA, else ../shared next to the checkout, else /work/shared."""
+    candidates = [os.environ.get("HPA_REALDATA"), REPO.parent / "shared/realdata/hpa_samples", "/work/shared/realdata/hpa_samples"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return REPO.parent / "shared/realdata/hpa_samples"
+
+
+REALDATA = _find_realdata()
 REAL_IMAGES = REALDATA / "kaggle2021_train" / "images"
 REAL_MASKS = REALDATA / "kaggle2021_train" / "masks"
 REAL_16BIT = REALDATA / "hpa_public_1000_A12_2" / "1000_A12_2_green.png"
