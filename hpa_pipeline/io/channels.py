@@ -109,6 +109,12 @@ def read_rgby(image_dir: str | Path, image_id: str) -> np.ndarray:
 
 def read_rgby_with_bit_depth(image_dir: str | Path, image_id: str) -> tuple[np.ndarray, int]:
     """Like :func:`read_rgby`, also returning the largest bit depth among the channel files (8 or 16)."""
+    planes, bit_depth = read_rgby_planes(image_dir, image_id)
+    return np.stack(planes), bit_depth
+
+
+def read_rgby_planes(image_dir: str | Path, image_id: str) -> tuple[list[np.ndarray], int]:
+    """The four channels as separate (H, W) uint8 planes (no copy into one array) and the bit depth."""
     paths = [channel_path(image_dir, image_id, channel) for channel in CHANNELS]
     raw = [read_channel_raw(path) for path in paths]
     bit_depth = max(plane.dtype.itemsize * 8 for plane in raw)
@@ -117,4 +123,4 @@ def read_rgby_with_bit_depth(image_dir: str | Path, image_id: str) -> tuple[np.n
     if len(shapes) > 1:
         detail = ", ".join(f"{path.name} {plane.shape[1]}x{plane.shape[0]}" for path, plane in zip(paths, planes))
         raise InputDataError(f"channels of image {image_id!r} differ in size: {detail}")
-    return np.stack(planes), bit_depth
+    return planes, bit_depth

@@ -6,6 +6,7 @@ when the stage has succeeded, so an interrupted job never leaves a store that lo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.sync import sync
 
 from hpa_pipeline.errors import InputDataError
 
@@ -110,3 +112,16 @@ def write_table(group: zarr.Group, name: str, values: np.ndarray) -> None:
     array = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks, compressors=TABLE_COMPRESSORS)
     if values.size:
         array[...] = values
+
+
+def write_rows(writes: list[tuple[zarr.Array, int, np.ndarray]]) -> None:
+    """Write several rows (whole chunks) of several arrays in one trip through Zarr's event loop.
+
+    One trip per image instead of one per array makes the resize stage's writes about 40% cheaper
+    (benchmarks/bench_preprocess.py), and the chunks are compressed concurrently.
+    """
+
+    async def write_all() -> None:
+        await asyncio.gather(*(array.async_array.setitem(row, value) for array, row, value in writes))
+
+    sync(write_all())

@@ -13,8 +13,8 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from hpa_pipeline.io.channels import CHANNELS, read_rgby_with_bit_depth
-from hpa_pipeline.io.stores import CHUNK_WRITE_CONFIG, IMAGE_COMPRESSORS, atomic_store, write_strings, write_table
+from hpa_pipeline.io.channels import CHANNELS, read_rgby_planes
+from hpa_pipeline.io.stores import CHUNK_WRITE_CONFIG, IMAGE_COMPRESSORS, atomic_store, write_rows, write_strings, write_table
 from hpa_pipeline.progress import progress
 
 T = TypeVar("T")
@@ -93,20 +93,21 @@ class ImageResizer:
         self.sizes = sorted(set(int(size) for size in sizes), reverse=True)
         self._scratch = _Scratch()
 
-    def __call__(self, image: np.ndarray) -> dict[int, np.ndarray]:
-        """Resize ``image``; the returned arrays are overwritten by the next call.
+    def __call__(self, image: np.ndarray | Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+        """Resize ``image`` (a (C, H, W) array or C planes); the results are overwritten by the next call.
 
         Returns:
             A mapping size -> (C, size, size) uint8 image.
         """
         results: dict[int, np.ndarray] = {}
+        n_channels, source_side = len(image), min(image[0].shape)
         for size in self.sizes:
             source = next(
-                (results[larger] for larger in sorted(results) if larger % size == 0 and larger <= min(image.shape[1:])),
+                (results[larger] for larger in sorted(results) if larger % size == 0 and larger <= source_side),
                 image,
             )
-            out = self._scratch.get(("out", size), (image.shape[0], size, size))
-            for channel in range(image.shape[0]):
+            out = self._scratch.get(("out", size), (n_channels, size, size))
+            for channel in range(n_channels):
                 resize_plane(source[channel], size, size, out=out[channel], scratch=self._scratch)
             results[size] = out
         return results
@@ -164,14 +165,13 @@ def resize_shard(
 
     def process(job: tuple[int, str]) -> tuple[tuple[int, int], int]:
         row, image_id = job
-        image, bit_depth = read_rgby_with_bit_depth(image_dir, image_id)
+        planes, bit_depth = read_rgby_planes(image_dir, image_id)
         if not hasattr(per_thread, "resizer"):
             per_thread.resizer = ImageResizer(sizes)
-        resized = per_thread.resizer(image)
+        resized = per_thread.resizer(planes)
         # each row is its own chunk, so workers write concurrently without touching each other's data
-        for array, size in zip(arrays, sizes):
-            array[row] = resized[size]
-        return image.shape[1:], bit_depth
+        write_rows([(array, row, resized[size]) for array, size in zip(arrays, sizes)])
+        return planes[0].shape, bit_depth
 
     with ExitStack() as stack:
         groups = [
