@@ -15,11 +15,17 @@ if not workflow.overwrite_configfiles:
 validate(config, "schemas/config.schema.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/preprocess.smk"
 include: "rules/train.smk"
 include: "rules/predict.smk"
+include: "rules/ensemble.smk"
+include: "rules/submit.smk"
+include: "rules/report.smk"
 
 
 rule preprocess:
@@ -30,4 +36,9 @@ rule preprocess:
 rule models:
     input:
         model_outputs(),
+
+
+rule submission:
+    input:
+        submission_outputs(),
     default_target: True

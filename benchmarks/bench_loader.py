@@ -16,15 +16,23 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from bench_preprocess import dataset, truth_masks_store
 from torch.utils.data import DataLoader, Dataset
 
-from bench_preprocess import dataset, truth_masks_store
 from hpa_pipeline.io.channels import CHANNELS
 from hpa_pipeline.io.stores import open_store, read_strings
 from hpa_pipeline.preprocess.crops import crop_shard
 from hpa_pipeline.preprocess.masks import read_cell_table, resize_masks_shard
 from hpa_pipeline.preprocess.resize import resize_shard
-from hpa_pipeline.train.data import CamTrainingSet, CellCropSet, EpochSampler, ShardedArray, collate_cam, normalize_images, read_cell_index
+from hpa_pipeline.train.data import (
+    CamTrainingSet,
+    CellCropSet,
+    EpochSampler,
+    ShardedArray,
+    collate_cam,
+    normalize_images,
+    read_cell_index,
+)
 
 
 class PngCamSet(Dataset):

@@ -23,10 +23,19 @@ import cv2
 import numpy as np
 
 from hpa_pipeline.io.channels import CHANNELS
-from hpa_pipeline.io.stores import MASK_COMPRESSORS, atomic_store, write_strings, write_table
+from hpa_pipeline.io.stores import (
+    MASK_COMPRESSORS,
+    atomic_store,
+    write_strings,
+    write_table,
+)
 from hpa_pipeline.preprocess.crops import crop_shard
 from hpa_pipeline.preprocess.index import build_index
-from hpa_pipeline.preprocess.masks import read_cell_table, resize_masks_shard, segment_shard
+from hpa_pipeline.preprocess.masks import (
+    read_cell_table,
+    resize_masks_shard,
+    segment_shard,
+)
 from hpa_pipeline.preprocess.resize import resize_shard
 from hpa_pipeline.preprocess.segment import create_producer
 from hpa_pipeline.synth import write_demo_dataset

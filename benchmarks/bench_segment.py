@@ -18,8 +18,8 @@ import time
 
 import cv2
 import numpy as np
-
 from eval_segmentation import load_sample, sample_ids
+
 from hpa_pipeline.preprocess.label_cell import label_cell
 from hpa_pipeline.preprocess.segment import create_producer, labelling_shape
 

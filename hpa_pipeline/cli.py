@@ -7,8 +7,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpa_pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from hpa_pipeline.train.loop import TrainingData
 
 log = logging.getLogger("hpa_pipeline")
 
@@ -203,7 +207,7 @@ def _model_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1)
 
 
-def _training_data(args: argparse.Namespace) -> "TrainingData":
+def _training_data(args: argparse.Namespace) -> TrainingData:
     from hpa_pipeline.train.loop import TrainingData
 
     return TrainingData(
@@ -259,6 +263,131 @@ def _concat(args: argparse.Namespace) -> None:
     from hpa_pipeline.ensemble import concat_fold_stores
 
     concat_fold_stores(args.parts, args.index, args.out, args.model)
+
+
+# --------------------------------------------------------------------------------------- submission
+
+
+def _average_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--members", required=True, type=Path, nargs="+", help="the members' oof.zarr")
+    parser.add_argument("--name", required=True, help="the ensemble's name")
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand("average", "average models' out-of-fold predictions into an ensemble (pseudo labels)", _average_arguments)
+def _average(args: argparse.Namespace) -> None:
+    from hpa_pipeline.ensemble import average_predictions
+    from hpa_pipeline.predictions import read_predictions, write_predictions
+
+    average = average_predictions([read_predictions(path) for path in args.members], [str(path) for path in args.members])
+    write_predictions(args.out, average, ensemble=args.name, members=[str(path) for path in args.members])
+
+
+def _submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--predictions", required=True, type=Path, nargs="+", help="test.zarr of every member and fold")
+    parser.add_argument("--cells", required=True, type=Path, nargs="+", help="the test shards' cell tables")
+    parser.add_argument("--masks", required=True, type=Path, nargs="+", help="the test shards' segmentation stores")
+    parser.add_argument("--index", required=True, type=Path, help="the test index (row order)")
+    parser.add_argument("--edge-area-threshold", required=True, type=float)
+    parser.add_argument("--center-area-threshold", required=True, type=float)
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand("submit", "average the test predictions, scale by cell area and write the submission CSV", _submit_arguments)
+def _submit(args: argparse.Namespace) -> None:
+    from hpa_pipeline.submit import make_submission
+
+    make_submission(args.predictions, args.cells, args.masks, args.index, args.edge_area_threshold,
+                    args.center_area_threshold, args.out)
+
+
+def _validate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("submission", type=Path, help="the submission CSV")
+    parser.add_argument("--images", required=True, type=Path, help="the test images folder")
+    parser.add_argument("--table", required=True, type=Path, help="sample_submission.csv (the test IDs)")
+    parser.add_argument("--report", type=Path, help="also write the report here (JSON)")
+
+
+@subcommand("validate-submission", "check a submission against the test images, decoding every mask", _validate_arguments)
+def _validate(args: argparse.Namespace) -> None:
+    import json
+
+    from hpa_pipeline.io.channels import image_shape
+    from hpa_pipeline.io.files import write_text_atomic
+    from hpa_pipeline.labels import read_test_table
+    from hpa_pipeline.submission import validate_submission
+
+    expected = {}
+    for image_id in read_test_table(args.table)["ID"]:
+        height, width = image_shape(args.images, image_id)
+        expected[image_id] = (width, height)
+    report = validate_submission(args.submission, expected)
+    log.info("valid: %s", report.to_dict())
+    if args.report:
+        write_text_atomic(args.report, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", nargs=3, action="append", default=[], metavar=("NAME", "STAGE", "OOF"))
+    parser.add_argument("--ensemble", nargs=3, action="append", default=[], metavar=("NAME", "STAGE", "OOF"))
+    parser.add_argument("--submission", type=Path)
+    parser.add_argument("--masks", required=True, type=Path, nargs="+", help="the training datasets' segmentation stores")
+    parser.add_argument("--truth", required=True, type=Path, help="folder with cells.csv and {split}/{ID}_cellmask.png")
+    parser.add_argument("--out-json", required=True, type=Path)
+    parser.add_argument("--out-tsv", required=True, type=Path)
+
+
+@subcommand("evaluate", "score models, ensembles and the submission against per-cell truth", _evaluate_arguments)
+def _evaluate(args: argparse.Namespace) -> None:
+    from hpa_pipeline.evaluation import evaluate_run
+
+    evaluate_run(
+        {name: (int(stage), Path(path)) for name, stage, path in args.model},
+        {name: (int(stage), Path(path)) for name, stage, path in args.ensemble},
+        args.submission, args.masks, args.truth, args.out_json, args.out_tsv,
+    )
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def _plot_training_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics", required=True, type=Path, nargs="+", help="metrics.csv of each fold")
+    parser.add_argument("--labels", required=True, nargs="+")
+    parser.add_argument("--title", required=True)
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand("plot-training", "plot a model's training curves, one line per fold", _plot_training_arguments)
+def _plot_training(args: argparse.Namespace) -> None:
+    from hpa_pipeline.report import plot_training_curves
+
+    plot_training_curves(args.metrics, args.labels, args.title, args.out)
+
+
+def _plot_metrics_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics", required=True, type=Path, help="results/metrics.tsv")
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand("plot-metrics", "plot the metric of every model, ensemble and the submission by stage", _plot_metrics_arguments)
+def _plot_metrics(args: argparse.Namespace) -> None:
+    from hpa_pipeline.report import plot_stage_metrics
+
+    plot_stage_metrics(args.metrics, args.out)
+
+
+def _plot_segmentation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", required=True, type=Path)
+    parser.add_argument("--masks", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand("plot-segmentation", "draw cell outlines on the first images of a shard", _plot_segmentation_arguments)
+def _plot_segmentation(args: argparse.Namespace) -> None:
+    from hpa_pipeline.report import plot_segmentation
+
+    plot_segmentation(args.images, args.masks, args.out)
 
 
 # ------------------------------------------------------------------------------------------- main

@@ -43,6 +43,17 @@ def resolve_model(config: dict[str, Any], name: str) -> dict[str, Any]:
     return settings
 
 
+def model_stage(config: dict[str, Any], name: str) -> int:
+    """1 for a model without pseudo labels, else one more than its pseudo-label ensemble's stage."""
+    pseudo = (config.get("models") or {})[name].get("pseudo_labels")
+    return 1 if not pseudo else 1 + ensemble_stage(config, pseudo)
+
+
+def ensemble_stage(config: dict[str, Any], name: str) -> int:
+    """The highest stage among an ensemble's members."""
+    return max(model_stage(config, member) for member in (config.get("ensembles") or {})[name])
+
+
 def settings_json(settings: dict[str, Any]) -> str:
     """Canonical JSON of resolved settings (sorted keys), the form a rule passes to the package."""
     return json.dumps(settings, sort_keys=True, separators=(",", ":"))

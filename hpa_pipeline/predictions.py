@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from hpa_pipeline.errors import InputDataError
-from hpa_pipeline.io.stores import TABLE_COMPRESSORS, atomic_store, open_store, read_strings, write_strings, write_table
+from hpa_pipeline.io.stores import (
+    TABLE_COMPRESSORS,
+    atomic_store,
+    open_store,
+    read_strings,
+    write_strings,
+    write_table,
+)
 from hpa_pipeline.labels import N_CLASSES
 
 

@@ -27,8 +27,6 @@ import base64
 import binascii
 import csv
 import math
-import os
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -40,6 +38,7 @@ import pycocotools.mask as mask_utils
 from scipy import ndimage
 
 from hpa_pipeline.errors import InputDataError, PipelineError
+from hpa_pipeline.io.files import atomic_file
 from hpa_pipeline.labels import N_CLASSES
 
 #: Header of a submission file, exactly.
@@ -330,36 +329,25 @@ def write_submission(path: str | Path, rows: Iterable[tuple[str, int, int, str]]
         path: the output file.
         rows: ``(ID, ImageWidth, ImageHeight, PredictionString)`` per image, written in the given order.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="ascii") as stream:
-            writer = csv.writer(stream, lineterminator="\n")
-            writer.writerow(SUBMISSION_COLUMNS)
-            seen: set[str] = set()
-            for number, row in enumerate(rows, start=1):
-                if len(row) != 4:
-                    raise PipelineError(f"{path}: row {number} has {len(row)} fields, expected 4")
-                image_id, width, height, prediction = row
-                image_id = str(image_id)
-                if not image_id or any(ch in image_id for ch in " ,\"\n\r"):
-                    raise PipelineError(f"{path}: invalid image ID {image_id!r} in row {number}")
-                if image_id in seen:
-                    raise PipelineError(f"{path}: duplicate image ID {image_id}")
-                seen.add(image_id)
-                if int(width) != width or int(height) != height or width <= 0 or height <= 0:
-                    raise PipelineError(f"{path}: image {image_id}: invalid size {width}x{height}")
-                if any(ch in prediction for ch in ",\"\n\r"):
-                    raise PipelineError(f"{path}: image {image_id}: prediction string contains , \" or a newline")
-                writer.writerow((image_id, int(width), int(height), prediction))
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w", newline="", encoding="ascii") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(SUBMISSION_COLUMNS)
+        seen: set[str] = set()
+        for number, row in enumerate(rows, start=1):
+            if len(row) != 4:
+                raise PipelineError(f"{path}: row {number} has {len(row)} fields, expected 4")
+            image_id, width, height, prediction = row
+            image_id = str(image_id)
+            if not image_id or any(ch in image_id for ch in " ,\"\n\r"):
+                raise PipelineError(f"{path}: invalid image ID {image_id!r} in row {number}")
+            if image_id in seen:
+                raise PipelineError(f"{path}: duplicate image ID {image_id}")
+            seen.add(image_id)
+            if int(width) != width or int(height) != height or width <= 0 or height <= 0:
+                raise PipelineError(f"{path}: image {image_id}: invalid size {width}x{height}")
+            if any(ch in prediction for ch in ",\"\n\r"):
+                raise PipelineError(f"{path}: image {image_id}: prediction string contains , \" or a newline")
+            writer.writerow((image_id, int(width), int(height), prediction))
 
 
 def _read_raw(path: Path) -> pd.DataFrame:

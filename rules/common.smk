@@ -4,7 +4,14 @@ import re
 
 from snakemake.exceptions import WorkflowError
 
-from hpa_pipeline.config import check_config, resolve_model, settings_json, train_datasets
+from hpa_pipeline.config import (
+    check_config,
+    ensemble_stage,
+    model_stage,
+    resolve_model,
+    settings_json,
+    train_datasets,
+)
 from hpa_pipeline.errors import ConfigError
 
 try:
@@ -23,6 +30,9 @@ SEGMENT_GPU = 1 if config["segment"]["backend"] == "hpacellseg" else 0
 # only the hpacellseg backend needs the environment that installs HPA's package (from GitHub)
 SEGMENT_ENV = "../envs/segment.yaml" if config["segment"]["backend"] == "hpacellseg" else "../envs/pipeline.yaml"
 MODELS = config.get("models") or {}
+ENSEMBLES = config.get("ensembles") or {}
+SUBMISSION = config["submission"]
+TRUTH_DIR = config.get("truth_dir")
 N_FOLDS = config["folds"]["n_folds"]
 FOLDS = list(range(N_FOLDS))
 
@@ -34,6 +44,7 @@ def _alternatives(names):
 wildcard_constraints:
     dataset=_alternatives(DATASETS),
     model=_alternatives(MODELS),
+    ensemble=_alternatives(ENSEMBLES),
     size=r"\d+",
     shard=r"\d+",
     fold=r"\d+",
@@ -170,13 +181,19 @@ def model_data(model, datasets):
     return data
 
 
-def training_inputs(wildcards):
-    settings = model_settings(wildcards.model)
-    inputs = {
+def validation_inputs(wildcards):
+    """What predicting a model's held-out fold reads: the training images' tables and stores."""
+    return {
         "index": [index_csv(dataset) for dataset in TRAIN_DATASETS],
         "folds": [folds_csv(dataset) for dataset in TRAIN_DATASETS],
         **model_data(wildcards.model, TRAIN_DATASETS),
     }
+
+
+def training_inputs(wildcards):
+    """What training reads: the held-out-fold inputs plus pseudo labels and an init checkpoint."""
+    settings = model_settings(wildcards.model)
+    inputs = validation_inputs(wildcards)
     if settings.get("pseudo_labels"):
         inputs["pseudo_labels"] = ensemble_store(settings["pseudo_labels"])
     if settings.get("init_from"):
@@ -201,9 +218,26 @@ def data_options(wildcards, input):
 
 
 def model_outputs():
-    """Out-of-fold and test predictions of every configured model."""
-    outputs = []
-    for model in MODELS:
-        outputs.append(f"results/models/{model}/oof.zarr")
-        outputs += [f"{model_dir(model, fold)}/test.zarr" for fold in FOLDS]
+    """Out-of-fold predictions of every model and ensemble, test predictions of the submission's members."""
+    outputs = [f"results/models/{model}/oof.zarr" for model in MODELS]
+    outputs += [ensemble_store(name) for name in ENSEMBLES]
+    return outputs + submission_predictions()
+
+
+def submission_predictions():
+    return [f"{model_dir(model, fold)}/test.zarr" for model in SUBMISSION["members"] for fold in FOLDS]
+
+
+def submission_outputs():
+    outputs = ["results/submission.csv", "results/submission_check.json"]
+    outputs += [f"results/report/training/{model}.png" for model in MODELS]
+    outputs += [f"results/report/segmentation/{dataset}.png" for dataset in ("train", "test")]
+    if TRUTH_DIR:
+        outputs += ["results/metrics.json", "results/metrics.tsv", "results/report/metrics.png"]
     return outputs
+
+
+def evaluation_options(wildcards, input):
+    options = [f"--model {name} {model_stage(config, name)} results/models/{name}/oof.zarr" for name in MODELS]
+    options += [f"--ensemble {name} {ensemble_stage(config, name)} {ensemble_store(name)}" for name in ENSEMBLES]
+    return " ".join(options)

@@ -3,7 +3,7 @@
 
 rule predict_valid:
     input:
-        unpack(training_inputs),
+        unpack(validation_inputs),
         checkpoint="results/models/{model}/fold{fold}/final.pt",
     output:
         directory("results/models/{model}/fold{fold}/valid.zarr"),

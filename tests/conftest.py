@@ -80,6 +80,7 @@ def tiny_dataset(tmp_path: Path) -> Path:
 def demo_stores(tmp_path_factory) -> dict:
     """Preprocessed stores of a small synthetic dataset (2 train shards, 1 test shard), built with the
     package's own stage functions: the inputs of the learning-core tests."""
+    from hpa_pipeline.labels import labels_to_matrix, parse_labels
     from hpa_pipeline.preprocess.crops import crop_shard
     from hpa_pipeline.preprocess.index import build_index, shard_ids, write_index
     from hpa_pipeline.preprocess.masks import resize_masks_shard, segment_shard
@@ -87,7 +88,6 @@ def demo_stores(tmp_path_factory) -> dict:
     from hpa_pipeline.preprocess.segment import create_producer
     from hpa_pipeline.synth import write_demo_dataset
     from hpa_pipeline.train.folds import make_folds, write_folds
-    from hpa_pipeline.labels import labels_to_matrix, parse_labels
 
     root = tmp_path_factory.mktemp("demo_stores")
     data = root / "data"
@@ -114,3 +114,14 @@ def demo_stores(tmp_path_factory) -> dict:
 def store_paths(stores: dict, dataset: str, kind: str) -> list[Path]:
     """The shard stores of one kind (``cells``, ``images_96``, ``masks_96``, ``crops_96``)."""
     return [stores["root"] / dataset / kind / f"shard-{shard}.zarr" for shard in range(stores["n_shards"][dataset])]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The whole demo, once per session, as the README says:
+    `snakemake submission --configfile configs/demo.yaml --cores 2` in a copy of the workflow."""
+    from workflow_helpers import copy_workflow, snakemake
+
+    workdir = copy_workflow(tmp_path_factory.mktemp("demo"))
+    snakemake(workdir, "submission", "--configfile", "configs/demo.yaml", "--cores", "2")
+    return workdir

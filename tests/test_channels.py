@@ -2,10 +2,21 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from conftest import (
+    REAL_16BIT,
+    REAL_IMAGES,
+    real_image_ids,
+    requires_realdata,
+    write_rgby,
+)
 
-from conftest import REAL_16BIT, REAL_IMAGES, real_image_ids, requires_realdata, write_rgby
 from hpa_pipeline.errors import InputDataError
-from hpa_pipeline.io.channels import read_channel, read_rgby, read_rgby_with_bit_depth, to_uint8
+from hpa_pipeline.io.channels import (
+    read_channel,
+    read_rgby,
+    read_rgby_with_bit_depth,
+    to_uint8,
+)
 
 
 def test_sixteen_bit_is_scaled_over_the_full_range():

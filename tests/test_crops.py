@@ -2,14 +2,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import blob_image, write_rgby
+from test_masks import write_masks_store
+
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.stores import open_store
-from hpa_pipeline.preprocess.crops import CELLS_PER_SHARD, crop_cells_of_image, crop_shard
+from hpa_pipeline.preprocess.crops import (
+    CELLS_PER_SHARD,
+    crop_cells_of_image,
+    crop_shard,
+)
 from hpa_pipeline.preprocess.masks import read_cell_table, resize_masks_shard
 from hpa_pipeline.preprocess.resize import resize_shard
-from test_masks import write_masks_store
 
 
 def two_cell_image():

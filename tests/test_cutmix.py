@@ -2,7 +2,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpa_pipeline.train.cutmix import apply_cutmix, invert_cutmix, mixed_fraction, sample_cutmix
+from hpa_pipeline.train.cutmix import (
+    apply_cutmix,
+    invert_cutmix,
+    mixed_fraction,
+    sample_cutmix,
+)
 
 
 def _params(seed: int = 0, batch: int = 6, height: int = 64, width: int = 48):

@@ -3,9 +3,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import store_paths
 from torch.utils.data import DataLoader
 
-from conftest import store_paths
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.stores import open_store
 from hpa_pipeline.train.data import (

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
-
 from conftest import store_paths
+from test_loop import CELL_SETTINGS, IMAGE_SETTINGS, training_data
+
 from hpa_pipeline.ensemble import concat_fold_stores
 from hpa_pipeline.errors import ConfigError, InputDataError
 from hpa_pipeline.inference import predict_split
@@ -10,7 +11,6 @@ from hpa_pipeline.preprocess.masks import read_cell_table
 from hpa_pipeline.train.data import read_labelled_images
 from hpa_pipeline.train.loop import TrainingData, train_model
 from hpa_pipeline.train.settings import ModelSettings
-from test_loop import CELL_SETTINGS, IMAGE_SETTINGS, training_data
 
 
 @pytest.fixture(scope="module", params=["image", "cell"])

@@ -1,8 +1,13 @@
-import numpy as np
 import pytest
 
 from hpa_pipeline.errors import InputDataError
-from hpa_pipeline.labels import N_CLASSES, labels_to_matrix, parse_labels, read_test_table, read_train_table
+from hpa_pipeline.labels import (
+    N_CLASSES,
+    labels_to_matrix,
+    parse_labels,
+    read_test_table,
+    read_train_table,
+)
 
 
 def test_parse_labels_keeps_order_and_drops_duplicates():

@@ -1,9 +1,20 @@
 import numpy as np
-import pytest
-
 from conftest import REAL_MASKS, requires_realdata
-from hpa_pipeline.io.stores import MASK_COMPRESSORS, atomic_store, open_store, read_strings, write_strings, write_table
-from hpa_pipeline.preprocess.masks import cell_properties, read_cell_table, resize_labels_keeping_cells, resize_masks_shard
+
+from hpa_pipeline.io.stores import (
+    MASK_COMPRESSORS,
+    atomic_store,
+    open_store,
+    read_strings,
+    write_strings,
+    write_table,
+)
+from hpa_pipeline.preprocess.masks import (
+    cell_properties,
+    read_cell_table,
+    resize_labels_keeping_cells,
+    resize_masks_shard,
+)
 
 
 def write_masks_store(path, ids, labels, source_shapes):

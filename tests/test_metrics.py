@@ -20,7 +20,12 @@ from hpa_pipeline.metrics import (
     evaluate_submission,
     label_iou,
 )
-from hpa_pipeline.submission import encode_binary_mask, encode_cell_masks, format_prediction_string, write_submission
+from hpa_pipeline.submission import (
+    encode_binary_mask,
+    encode_cell_masks,
+    format_prediction_string,
+    write_submission,
+)
 
 _SHARED = Path(__file__).resolve().parents[2] / "shared"
 REALDATA = (_SHARED if _SHARED.is_dir() else Path("/work/shared")) / "realdata" / "hpa_samples"

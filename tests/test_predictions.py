@@ -3,7 +3,13 @@ import pytest
 
 from hpa_pipeline.ensemble import average_predictions, concat_folds
 from hpa_pipeline.errors import InputDataError
-from hpa_pipeline.predictions import PredictionSet, align_to_cells, read_predictions, select_images, write_predictions
+from hpa_pipeline.predictions import (
+    PredictionSet,
+    align_to_cells,
+    read_predictions,
+    select_images,
+    write_predictions,
+)
 
 
 def prediction_set(cells: dict[str, list[int]], value: float = 0.0, views: int = 2) -> PredictionSet:

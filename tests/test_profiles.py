@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import yaml
 from snakemake.utils import available_cpu_count
-
 from workflow_helpers import REPO, copy_workflow
 
 BIN = Path(sys.executable).parent

@@ -1,11 +1,17 @@
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REAL_IMAGES, real_image_ids, requires_realdata, write_rgby
+
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.stores import open_store, read_strings
-from hpa_pipeline.preprocess.resize import ImageResizer, ordered_parallel_map, resize_image, resize_plane, resize_shard
+from hpa_pipeline.preprocess.resize import (
+    ImageResizer,
+    ordered_parallel_map,
+    resize_image,
+    resize_plane,
+    resize_shard,
+)
 
 
 @requires_realdata

@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import REALDATA, blob_image, real_image_ids, requires_realdata
 from scipy import ndimage as ndi
 from torch import nn
 
-from conftest import REALDATA, blob_image, real_image_ids, requires_realdata
 from hpa_pipeline.errors import ConfigError, InputDataError, PipelineError
 from hpa_pipeline.io.channels import read_rgby
 from hpa_pipeline.preprocess.segment import (

@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from workflow_helpers import REPO, copy_workflow
 
 # The timeout is a backstop only: every command below has its own time limit.

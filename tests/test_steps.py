@@ -7,7 +7,11 @@ from hpa_pipeline.predict import cell_mean_pool, d4_transform
 from hpa_pipeline.train.cutmix import apply_cutmix, mixed_fraction, sample_cutmix
 from hpa_pipeline.train.losses import binary_focal_with_logits
 from hpa_pipeline.train.models import create_model
-from hpa_pipeline.train.steps import cam_consistency_loss, cell_crop_loss, pseudo_targets_for_cells
+from hpa_pipeline.train.steps import (
+    cam_consistency_loss,
+    cell_crop_loss,
+    pseudo_targets_for_cells,
+)
 
 
 class _PixelwiseCAM(nn.Module):

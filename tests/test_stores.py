@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from hpa_pipeline.errors import InputDataError
-from hpa_pipeline.io.stores import atomic_store, open_store, read_strings, write_strings, write_table
+from hpa_pipeline.io.stores import (
+    atomic_store,
+    open_store,
+    read_strings,
+    write_strings,
+    write_table,
+)
 
 
 def test_store_appears_only_when_the_block_succeeds(tmp_path):

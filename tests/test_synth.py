@@ -13,7 +13,13 @@ import pytest
 
 from hpa_pipeline import synth
 from hpa_pipeline.io.channels import CHANNELS, read_rgby
-from hpa_pipeline.labels import N_CLASSES, NEGATIVE, parse_labels, read_test_table, read_train_table
+from hpa_pipeline.labels import (
+    N_CLASSES,
+    NEGATIVE,
+    parse_labels,
+    read_test_table,
+    read_train_table,
+)
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 # Small fields keep the module fast; 20 train images are enough for every class to appear.

@@ -124,3 +124,28 @@ def read_rgby_planes(image_dir: str | Path, image_id: str) -> tuple[list[np.ndar
         detail = ", ".join(f"{path.name} {plane.shape[1]}x{plane.shape[0]}" for path, plane in zip(paths, planes))
         raise InputDataError(f"channels of image {image_id!r} differ in size: {detail}")
     return planes, bit_depth
+
+
+def _file_shape(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header, without decoding the pixels."""
+    if path.suffix.lower() == ".png":
+        with open(path, "rb") as handle:
+            header = handle.read(24)
+        if len(header) < 24 or header[:8] != b"\x89PNG\r\n\x1a\n" or header[12:16] != b"IHDR":
+            raise InputDataError(f"cannot decode image file {path} (not a PNG)")
+        return int.from_bytes(header[20:24], "big"), int.from_bytes(header[16:20], "big")
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            return tuple(tiff.pages[0].shape[:2])
+    except Exception as exc:
+        raise InputDataError(f"cannot decode image file {path}: {exc}") from exc
+
+
+def image_shape(image_dir: str | Path, image_id: str) -> tuple[int, int]:
+    """(height, width) of an image, read from its four channel files' headers (which must agree)."""
+    paths = [channel_path(image_dir, image_id, channel) for channel in CHANNELS]
+    shapes = [_file_shape(path) for path in paths]
+    if len(set(shapes)) > 1:
+        detail = ", ".join(f"{path.name} {shape[1]}x{shape[0]}" for path, shape in zip(paths, shapes))
+        raise InputDataError(f"channels of image {image_id!r} differ in size: {detail}")
+    return shapes[0]

@@ -15,7 +15,15 @@ import numpy as np
 from scipy import ndimage
 
 from hpa_pipeline.errors import InputDataError
-from hpa_pipeline.io.stores import CHUNK_WRITE_CONFIG, IMAGE_COMPRESSORS, atomic_store, open_store, read_strings, write_strings, write_table
+from hpa_pipeline.io.stores import (
+    CHUNK_WRITE_CONFIG,
+    IMAGE_COMPRESSORS,
+    atomic_store,
+    open_store,
+    read_strings,
+    write_strings,
+    write_table,
+)
 from hpa_pipeline.preprocess.masks import read_cell_table
 from hpa_pipeline.progress import progress
 

@@ -7,13 +7,13 @@ work, with the full list of what is missing.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import CHANNELS, IMAGE_SUFFIXES
+from hpa_pipeline.io.files import atomic_file
 from hpa_pipeline.labels import read_test_table, read_train_table
 
 INDEX_COLUMNS = ("ID", "shard", "Label")
@@ -61,11 +61,8 @@ def build_index(image_dir: str | Path, table_path: str | Path, kind: str, n_shar
 
 def write_index(path: str | Path, index: pd.DataFrame) -> None:
     """Write the index CSV atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+    with atomic_file(path, "w", newline="") as handle:
         index.to_csv(handle, index=False)
-    os.replace(handle.name, path)
 
 
 def read_index(path: str | Path) -> pd.DataFrame:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import zarr
 from scipy import ndimage
 
 from hpa_pipeline.errors import InputDataError

@@ -14,7 +14,14 @@ import cv2
 import numpy as np
 
 from hpa_pipeline.io.channels import CHANNELS, read_rgby_planes
-from hpa_pipeline.io.stores import CHUNK_WRITE_CONFIG, IMAGE_COMPRESSORS, atomic_store, write_rows, write_strings, write_table
+from hpa_pipeline.io.stores import (
+    CHUNK_WRITE_CONFIG,
+    IMAGE_COMPRESSORS,
+    atomic_store,
+    write_rows,
+    write_strings,
+    write_table,
+)
 from hpa_pipeline.progress import progress
 
 T = TypeVar("T")

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from hpa_pipeline.errors import ConfigError, InputDataError
+from hpa_pipeline.io.files import atomic_file
 
 
 def make_folds(label_matrix: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -34,6 +32,9 @@ def make_folds(label_matrix: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
         raise ConfigError(f"n_folds = {n_folds}: expected at least 2")
     if len(labels) < n_folds:
         raise ConfigError(f"n_folds = {n_folds} but only {len(labels)} images: every fold needs at least one image")
+    # imported here: scikit-learn behind it costs a second and only the folds job needs it
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = np.full(len(labels), -1, dtype=np.int64)
     for fold, (_, valid) in enumerate(splitter.split(np.arange(len(labels)), labels)):
@@ -53,16 +54,9 @@ def write_folds(path: str | Path, ids: Sequence[str], folds: np.ndarray) -> None
     folds = np.asarray(folds)
     if len(ids) != len(folds):
         raise InputDataError(f"{path}: {len(ids)} IDs but {len(folds)} fold indices")
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame({"ID": list(ids), "fold": folds.astype(np.int64)})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            table.to_csv(handle, index=False)
-        os.replace(tmp, path)  # readers see the old file or the whole new one, never a part
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w", newline="") as handle:
+        table.to_csv(handle, index=False)
 
 
 def read_folds(path: str | Path) -> pd.DataFrame:

@@ -11,9 +11,7 @@ import csv
 import hashlib
 import io
 import logging
-import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from sklearn.metrics import average_precision_score, f1_score
 from torch.utils.data import DataLoader
 
 import hpa_pipeline
 from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.io.files import atomic_file, write_text_atomic
 from hpa_pipeline.labels import N_CLASSES
 from hpa_pipeline.predict import predict_cam_cells, predict_cell_crops
 from hpa_pipeline.predictions import PredictionSet, align_to_cells, read_predictions
@@ -44,7 +42,12 @@ from hpa_pipeline.train.data import (
     read_cell_index,
     read_labelled_images,
 )
-from hpa_pipeline.train.devices import amp_dtype, autocast_context, claim_device, configure_threads
+from hpa_pipeline.train.devices import (
+    amp_dtype,
+    autocast_context,
+    claim_device,
+    configure_threads,
+)
 from hpa_pipeline.train.models import create_model, create_optimizer
 from hpa_pipeline.train.schedule import lr_at_epoch, set_lr
 from hpa_pipeline.train.settings import ModelSettings
@@ -102,19 +105,6 @@ def versions() -> dict[str, str]:
     }
 
 
-def _save_atomic(write: Any, path: Path) -> None:
-    """Write through ``write(handle)`` into a temporary sibling and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """One row per epoch; columns in first-seen order."""
     columns: list[str] = []
@@ -124,23 +114,36 @@ def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _save_atomic(lambda handle: handle.write(text.getvalue().encode()), path)
+    write_text_atomic(path, text.getvalue())
+
+
+def _average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the step precision-recall curve (sklearn's average_precision_score), ties grouped."""
+    order = np.argsort(-scores, kind="mergesort")
+    targets, scores = targets[order], scores[order]
+    last_of_each_score = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    true_positives = np.cumsum(targets)[last_of_each_score]
+    precision = true_positives / (last_of_each_score + 1)
+    recall = true_positives / true_positives[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def mean_average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
     """Macro average precision over the classes that have a positive (NaN if none has)."""
-    present = targets.sum(axis=0) > 0
-    if not present.any():
-        return float("nan")
-    return float(np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in np.flatnonzero(present)]))
-
-
-def macro_f1(targets: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> float:
-    """Macro F1 at ``threshold`` over the classes that have a positive."""
     present = np.flatnonzero(targets.sum(axis=0) > 0)
     if not len(present):
         return float("nan")
-    return float(f1_score(targets[:, present], scores[:, present] >= threshold, average="macro", zero_division=0))
+    return float(np.mean([_average_precision(targets[:, c], scores[:, c]) for c in present]))
+
+
+def macro_f1(targets: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> float:
+    """Macro F1 at ``threshold`` over the classes that have a positive (a class never predicted scores 0)."""
+    present = np.flatnonzero(targets.sum(axis=0) > 0)
+    if not len(present):
+        return float("nan")
+    truth, predicted = targets[:, present] > 0, scores[:, present] >= threshold
+    true_positives = (truth & predicted).sum(axis=0)
+    return float(np.mean(2 * true_positives / (truth.sum(axis=0) + predicted.sum(axis=0))))
 
 
 class Trainer:
@@ -396,7 +399,8 @@ def train_model(
                 "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
                 "metrics": rows, "settings_digest": settings.digest(), "inputs": fingerprint,
             }
-            _save_atomic(lambda handle: torch.save(state, handle), checkpoint_path)
+            with atomic_file(checkpoint_path, "wb") as handle:
+                torch.save(state, handle)
             write_metrics_csv(out_dir / "metrics.csv", rows)
         write_metrics_csv(out_dir / "metrics.csv", rows)
         final = {
@@ -407,5 +411,6 @@ def train_model(
             "settings": settings.to_dict(), "fold": fold, "seed": settings.seed, "versions": versions(),
             "device": claim.device, "threads": threads, "inputs": [str(path) for path in data.all_paths()],
         }
-        _save_atomic(lambda handle: handle.write(yaml.safe_dump(run, sort_keys=False).encode()), out_dir / "run.yaml")
-        _save_atomic(lambda handle: torch.save(final, handle), out_dir / "final.pt")
+        write_text_atomic(out_dir / "run.yaml", yaml.safe_dump(run, sort_keys=False))
+        with atomic_file(out_dir / "final.pt", "wb") as handle:
+            torch.save(final, handle)

@@ -15,7 +15,12 @@ from torch import Tensor, nn
 
 from hpa_pipeline.errors import PipelineError
 from hpa_pipeline.predict import D4_VIEWS, cell_mean_pool, d4_transform
-from hpa_pipeline.train.cutmix import apply_cutmix, invert_cutmix, mixed_fraction, sample_cutmix
+from hpa_pipeline.train.cutmix import (
+    apply_cutmix,
+    invert_cutmix,
+    mixed_fraction,
+    sample_cutmix,
+)
 from hpa_pipeline.train.losses import binary_focal_with_logits, consistency_loss
 
 

@@ -1,0 +1,89 @@
+"""Figures for Snakemake's HTML report: training curves, metrics by stage, segmentation overlays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from skimage.segmentation import find_boundaries  # noqa: E402
+
+from hpa_pipeline.io.files import atomic_file  # noqa: E402
+from hpa_pipeline.io.stores import open_store, read_strings  # noqa: E402
+
+#: Curves drawn from a training's metrics.csv, one panel each, when present.
+PANELS = (
+    ("losses", ("train_loss", "train_class_loss", "train_consistency_loss")),
+    ("image level", ("valid_image_map", "valid_image_macro_f1")),
+    ("cell level", ("valid_cell_map",)),
+)
+
+
+def _save(figure: plt.Figure, path: Path) -> None:
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def plot_training_curves(metrics_paths: Sequence[Path], labels: Sequence[str], title: str, out_path: Path) -> None:
+    """One figure per model: each panel's metrics against the epoch, one line per fold."""
+    tables = [pd.read_csv(path) for path in metrics_paths]
+    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
+    for axis, (panel, columns) in zip(axes, PANELS):
+        for table, label in zip(tables, labels):
+            for column in columns:
+                if column in table and table[column].notna().any():
+                    axis.plot(table["epoch"], table[column], marker="o", label=f"{label} {column}")
+        axis.set_title(panel)
+        axis.set_xlabel("epoch")
+        if axis.lines:
+            axis.legend(fontsize=7)
+    figure.suptitle(title)
+    _save(figure, out_path)
+
+
+def plot_stage_metrics(metrics_tsv: Path, out_path: Path) -> None:
+    """Cell-level mAP of every model and ensemble (out-of-fold) and of the submission, by stage."""
+    table = pd.read_csv(metrics_tsv, sep="\t")
+    table = table.sort_values(["stage", "what", "name"], kind="stable")
+    colours = {"model": "tab:blue", "ensemble": "tab:orange", "submission": "tab:green"}
+    figure, axis = plt.subplots(figsize=(max(6, 0.55 * len(table)), 4))
+    positions = np.arange(len(table))
+    axis.bar(positions, table["cell_map"], color=[colours[what] for what in table["what"]])
+    axis.set_xticks(positions, [f"{name}\n(stage {stage})" for name, stage in zip(table["name"], table["stage"])],
+                    rotation=60, ha="right", fontsize=7)
+    axis.set_ylabel("cell mAP (IoU 0.6)")
+    axis.set_ylim(0, 1)
+    for what, colour in colours.items():
+        axis.bar([], [], color=colour, label=what)
+    axis.legend()
+    axis.set_title("competition metric: models and ensembles out-of-fold (train), submission (test)")
+    _save(figure, out_path)
+
+
+def _composite(image: np.ndarray) -> np.ndarray:
+    """HPA display colours: red = microtubules (+ ER), green = protein (+ ER), blue = nuclei."""
+    red, green, blue, yellow = (plane.astype(np.float32) for plane in image)
+    rgb = np.stack([red + yellow / 2, green + yellow / 2, blue], axis=-1)
+    return np.clip(rgb / max(float(np.percentile(rgb, 99.8)), 1.0), 0, 1)
+
+
+def plot_segmentation(images_path: Path, masks_path: Path, out_path: Path, n_images: int = 4) -> None:
+    """The first images of a shard with their cell outlines (white) on the RGB composite."""
+    images = open_store(images_path, "images")
+    masks = open_store(masks_path, "masks_resized")
+    ids = read_strings(images, "ids")[:n_images]
+    figure, axes = plt.subplots(1, max(len(ids), 1), figsize=(4 * max(len(ids), 1), 4.3), squeeze=False)
+    for axis, row in zip(axes[0], range(len(ids))):
+        rgb = _composite(images["images"][row])
+        labels = masks["masks"][row]
+        rgb[find_boundaries(labels, mode="inner")] = 1.0
+        axis.imshow(rgb)
+        axis.set_title(f"{ids[row][:18]}: {len(np.unique(labels)) - 1} cells", fontsize=8)
+        axis.axis("off")
+    _save(figure, out_path)

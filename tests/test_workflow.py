@@ -1,0 +1,221 @@
+"""End-to-end: the real Snakemake workflow on the demo configuration, its start-up checks, the
+documented command lines and partial rebuilds (dry runs on the finished demo)."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from workflow_helpers import copy_workflow, snakemake
+
+from hpa_pipeline.io.stores import open_store, read_strings
+from hpa_pipeline.preprocess.masks import read_cell_table
+
+
+@pytest.mark.slow
+def test_demo_writes_a_valid_submission_and_its_metrics(demo_run):
+    from hpa_pipeline.submission import read_submission
+
+    check = json.loads((demo_run / "results/submission_check.json").read_text())
+    table = (demo_run / "resources/demo_data/sample_submission.csv").read_text().splitlines()[1:]
+    assert check["images"] == len(table) and check["detections"] == 19 * check["cells"] > 0
+    assert check["empty_images"] == 1  # the demo's image without cells
+    submission = read_submission(demo_run / "results/submission.csv")
+    assert submission["ID"].tolist() == [line.split(",")[0] for line in table]
+    sizes = {(int(w), int(h)) for w, h in zip(submission["ImageWidth"], submission["ImageHeight"])}
+    assert (683, 512) in sizes  # the non-square test image keeps its true width and height
+    metrics = json.loads((demo_run / "results/metrics.json").read_text())
+    assert set(metrics["models"]) == set(yaml.safe_load((demo_run / "configs/demo.yaml").read_text())["models"])
+    assert {entry["stage"] for entry in metrics["models"].values()} == {1, 2, 3}
+    assert set(metrics["ensembles"]) == {"stage1", "stage2"}
+    assert 0 <= metrics["submission"]["map"] <= 1
+    summary = (demo_run / "results/metrics.tsv").read_text().splitlines()
+    assert summary[0].split("\t") == ["what", "name", "stage", "scored_on", "cell_map"] and len(summary) == 1 + 10 + 2 + 1
+
+
+@pytest.mark.slow
+def test_demo_preprocess_builds_every_store(demo_run):
+    config = yaml.safe_load((demo_run / "configs" / "demo.yaml").read_text())
+    train_ids = (demo_run / "resources/demo_data/train.csv").read_text().split("\n")[1:]
+    n_train = len([line for line in train_ids if line])
+    seen = []
+    for shard in range(config["shards"]["train"]):
+        table = read_cell_table(demo_run / f"results/train/cells/shard-{shard}.zarr")
+        seen += table.ids
+        crops = open_store(demo_run / f"results/train/crops_192/shard-{shard}.zarr", "crops")
+        assert crops["crops"].shape == (table.n_cells, 8, 48, 48)
+        for size in config["preprocess"]["image_sizes"]:
+            images = open_store(demo_run / f"results/train/images_{size}/shard-{shard}.zarr", "images")
+            assert read_strings(images, "ids") == table.ids
+            assert images["images"].shape[1:] == (4, size, size)
+    assert len(seen) == n_train
+    # test masks stay at the original size, incl. the non-square image; the empty image has no cells
+    masks = open_store(demo_run / "results/test/masks/shard-0.zarr", "masks")
+    shapes = {tuple(masks["labels"][str(row)].shape) for row in range(len(read_strings(masks, "ids")))}
+    assert (512, 683) in shapes and (512, 512) in shapes
+    assert 0 in masks["n_cells"][:].tolist()
+    assert "without any cell" in (demo_run / "logs/segment/test-0.log").read_text()
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Rule -> number of jobs a dry run of ``submission`` would run."""
+    result = snakemake(workdir, "submission", "--configfile", "configs/demo.yaml", "--cores", "2", "-n", *args)
+    output = result.stdout + result.stderr
+    if "Nothing to be done" in output:
+        return {}
+    table = output[output.index("Job stats:"):]
+    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE) if rule != "total"}
+
+
+@pytest.mark.slow
+def test_finished_workflow_reruns_nothing(demo_run):
+    assert planned_jobs(demo_run) == {}
+
+
+@pytest.mark.slow
+def test_forcing_one_stage_reruns_exactly_what_depends_on_it(demo_run):
+    config = yaml.safe_load((demo_run / "configs/demo.yaml").read_text())
+    cell_models = [name for name, model in config["models"].items() if model["kind"] == "cell"]
+    jobs = planned_jobs(demo_run, "--forcerun", "crop_cells")
+    # the crops feed only the cell models, and through their out-of-fold predictions the stage-2
+    # ensemble, so everything trained on it; never preprocessing upstream of the crops
+    assert jobs["crop_cells"] == len(config["preprocess"]["crop_image_sizes"]) * (config["shards"]["train"] + config["shards"]["test"])
+    for upstream in ("make_demo_data", "index_images", "resize_image", "segment", "resize_masks", "make_folds"):
+        assert upstream not in jobs
+    stage2_dependents = [name for name, model in config["models"].items() if model.get("pseudo_labels") == "stage2"]
+    retrained = set(cell_models) | set(stage2_dependents)
+    assert jobs["train_model"] == config["folds"]["n_folds"] * len(retrained)
+    assert jobs["average_ensemble"] == 1  # stage2 only: stage1 has no cell model
+    assert {"make_submission", "validate_submission", "evaluate"} <= set(jobs)
+
+
+@pytest.mark.slow
+def test_changing_one_model_retrains_only_it_and_what_depends_on_it(demo_run):
+    config = yaml.safe_load((demo_run / "configs/demo.yaml").read_text())
+    config["models"]["cam_effnet_cos_stage3"]["lr"] = 0.002
+    (demo_run / "configs/changed.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(demo_run, "submission", "--configfile", "configs/changed.yaml", "--cores", "2", "-n")
+    output = result.stdout + result.stderr
+    stats = output[output.index("Job stats:"):]
+    jobs = {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", stats, re.MULTILINE) if rule != "total"}
+    folds = config["folds"]["n_folds"]
+    assert jobs == {"train_model": folds, "predict_valid": folds, "concat_valid": 1, "predict_test": folds,
+                    "make_submission": 1, "validate_submission": 1, "evaluate": 1, "submission": 1,
+                    "plot_training_curves": 1, "plot_metrics": 1}
+    assert set(re.findall(r"wildcards: model=(\w+)", output)) == {"cam_effnet_cos_stage3"}
+    assert "Params have changed since last execution" in output
+
+
+@pytest.mark.slow
+def test_editing_the_package_comments_retrains_nothing(demo_run, tmp_path):
+    """Rules call the package through shell commands: its source is not a rerun trigger."""
+    import hpa_pipeline
+
+    package = Path(hpa_pipeline.__file__).parent
+    copy = tmp_path / "edited" / "hpa_pipeline"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    for module in copy.rglob("*.py"):
+        module.write_text(module.read_text().replace('"""', '"""Edited. ', 1) + "\n# an edited comment\n")
+    # Snakemake runs in a process whose hpa_pipeline is the edited copy (an editable install would
+    # otherwise win over PYTHONPATH)
+    runner = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('hpa_pipeline', {str(copy / '__init__.py')!r}, "
+        f"submodule_search_locations=[{str(copy)!r}])\n"
+        "module = importlib.util.module_from_spec(spec); sys.modules['hpa_pipeline'] = module; spec.loader.exec_module(module)\n"
+        "import hpa_pipeline.config\n"
+        "print('package docstring:', hpa_pipeline.config.__doc__.splitlines()[0])\n"
+        "from snakemake.cli import main\n"
+        "sys.argv = ['snakemake', 'submission', '--configfile', 'configs/demo.yaml', '--cores', '2', '-n']\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", runner], cwd=demo_run, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert "package docstring: Edited." in output
+    assert "Nothing to be done" in output, output[-3000:]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["submission", "--configfile", "configs/demo.yaml", "--cores", "12", "--resources", "gpu=3"],
+        ["--configfile", "configs/demo.yaml", "--cores", "12", "--resources", "gpu=3", "--", "submission"],
+        ["--resources", "gpu=3", "--configfile", "configs/demo.yaml", "--cores", "12", "submission"],
+        ["submission", "--configfile", "configs/demo.yaml"],  # cores and gpu from profiles/default
+    ],
+    ids=["target-first", "double-dash", "single-value-option-last", "profile-defaults"],
+)
+def test_documented_command_lines_run(tmp_path, args):
+    workdir = copy_workflow(tmp_path)
+    result = snakemake(workdir, "-n", *args)
+    assert re.search(r"^submission\s+1$", result.stdout, re.MULTILINE)
+
+
+def test_target_after_resources_is_swallowed_as_the_readme_warns(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    result = snakemake(workdir, "--configfile", "configs/demo.yaml", "--cores", "12", "--resources", "gpu=3", "submission", "-n", check=False)
+    assert result.returncode != 0
+    assert "dictionary update sequence element" in result.stdout + result.stderr
+
+
+def write_config(workdir: Path, **changes) -> None:
+    config = yaml.safe_load((workdir / "configs" / "demo.yaml").read_text())
+    for dotted, value in changes.items():
+        node = config
+        *parents, key = dotted.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    (workdir / "configs" / "bad.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"shards.train": "two"}, "'two' is not of type 'integer'"),
+        ({"preprocess.crop_size": 4}, "crop_size"),
+        ({"segment.backend": "cellpose"}, "'cellpose' is not one of"),
+        ({"preprocess.crop_image_sizes": [100]}, "preprocess.crop_image_sizes: 100 is not one of preprocess.image_sizes"),
+        ({"segment.inputs.train.source": 999}, "segment.inputs.train.source: 999"),
+        ({"segment.backend": "hpacellseg"}, "segment.hpacellseg.nuclei_model must be set"),
+        ({"preprocess.unknown_key": 1}, "unknown_key"),
+        ({"ensembles.stage1": ["cam_effnet_192", "ghost"]}, "ensembles.stage1: unknown model 'ghost'"),
+        ({"models.cam_effnet_192.epochs": "many"}, "'many' is not of type 'integer'"),
+    ],
+)
+def test_bad_config_is_reported_before_anything_runs(tmp_path, changes, message):
+    workdir = copy_workflow(tmp_path)
+    write_config(workdir, **changes)
+    result = snakemake(workdir, "preprocess", "--configfile", "configs/bad.yaml", "-n", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (workdir / "results").exists()
+
+
+def test_workflow_lints_clean(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    for config in ("workflow_config.yaml", "configs/demo.yaml"):
+        result = snakemake(workdir, "--lint", "--configfile", config)
+        assert "Congratulations" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_two_runs_with_the_same_seed_give_byte_identical_submissions(demo_run, tmp_path):
+    again = copy_workflow(tmp_path / "again")
+    snakemake(again, "submission", "--configfile", "configs/demo.yaml", "--cores", "2")
+    for result in ("results/submission.csv", "results/metrics.tsv"):
+        assert (again / result).read_bytes() == (demo_run / result).read_bytes(), result
+
+
+@pytest.mark.slow
+def test_report_shows_curves_metrics_overlays_and_the_rule_graph(demo_run):
+    snakemake(demo_run, "submission", "--configfile", "configs/demo.yaml", "--report", "report.html")
+    html = (demo_run / "report.html").read_text()
+    for section in ("Training curves", "Metrics", "Segmentation", "cam_effnet_stage3", "metrics.tsv", "rulegraph"):
+        assert section in html, section
+    for model in yaml.safe_load((demo_run / "configs/demo.yaml").read_text())["models"]:
+        assert (demo_run / f"results/report/training/{model}.png").stat().st_size > 10_000
