@@ -332,7 +332,9 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensemble", nargs=3, action="append", default=[], metavar=("NAME", "STAGE", "OOF"))
     parser.add_argument("--submission", type=Path)
     parser.add_argument("--masks", required=True, type=Path, nargs="+", help="the training datasets' segmentation stores")
+    parser.add_argument("--test-masks", type=Path, nargs="+", default=[], help="the test set's segmentation stores")
     parser.add_argument("--truth", required=True, type=Path, help="folder with cells.csv and {split}/{ID}_cellmask.png")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the chance reference's random scores")
     parser.add_argument("--out-json", required=True, type=Path)
     parser.add_argument("--out-tsv", required=True, type=Path)
 
@@ -344,7 +346,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluate_run(
         {name: (int(stage), Path(path)) for name, stage, path in args.model},
         {name: (int(stage), Path(path)) for name, stage, path in args.ensemble},
-        args.submission, args.masks, args.truth, args.out_json, args.out_tsv,
+        args.submission, args.masks, args.truth, args.out_json, args.out_tsv, args.test_masks, args.seed,
     )
 
 

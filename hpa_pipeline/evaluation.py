@@ -4,6 +4,12 @@ The competition metric (:mod:`hpa_pipeline.metrics`) is applied to each model's 
 out-of-fold predictions on the training images (predicted cells = the segmentation's cells, truth =
 the true cells) and to the submission on the test images, so one can see whether a later stage beats
 an earlier one.
+
+Two reference rows per split frame those figures. Because the metric discards the detections of classes
+an image does not contain, random scores already reach a high mAP when most cells carry their image's
+labels: ``chance`` (seeded uniform random scores for every segmented cell) is the floor a model must
+beat. ``ceiling`` gives every segmented cell the true classes of the true cell it overlaps most: what a
+perfect classifier reaches on this segmentation, so the gap to it is the classifiers' to close.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.files import atomic_file, write_text_atomic
 from hpa_pipeline.io.stores import open_store, read_strings
-from hpa_pipeline.labels import parse_labels
+from hpa_pipeline.labels import N_CLASSES, parse_labels
 from hpa_pipeline.metrics import (
     ImageEval,
     MetricResult,
@@ -51,6 +57,12 @@ def read_truth_mask(truth_dir: Path, split: str, image_id: str) -> np.ndarray:
     return mask
 
 
+def _segmentation_labels(masks, row: int, truth: np.ndarray) -> np.ndarray:
+    """A segmentation store's label image of one row, at the truth's resolution."""
+    labels = masks["labels"][str(row)][...]
+    return labels if labels.shape == truth.shape else resize_labels(labels, *truth.shape)
+
+
 def _oof_items(predictions: PredictionSet, masks_paths: Sequence[Path], truth_dir: Path) -> Iterator[ImageEval]:
     classes = read_truth_classes(truth_dir, "train")
     for masks_path in masks_paths:
@@ -59,9 +71,7 @@ def _oof_items(predictions: PredictionSet, masks_paths: Sequence[Path], truth_di
         shard = select_images(predictions, ids, "out-of-fold predictions")
         for row, image_id in enumerate(ids):
             truth = read_truth_mask(truth_dir, "train", image_id)
-            labels = masks["labels"][str(row)][...]
-            if labels.shape != truth.shape:
-                labels = resize_labels(labels, *truth.shape)
+            labels = _segmentation_labels(masks, row, truth)
             cells = slice(shard.offsets[row], shard.offsets[row + 1])
             scores = shard.probs[cells].mean(axis=2)
             yield ImageEval(truth, classes.get(image_id, {}), labels,
@@ -73,6 +83,60 @@ def evaluate_out_of_fold(predictions: PredictionSet, masks_paths: Sequence[Path]
     return evaluate_label_masks(_oof_items(predictions, masks_paths, truth_dir))
 
 
+def _ceiling_scores(
+    labels: np.ndarray, truth: np.ndarray, truth_classes: dict[int, list[int]]
+) -> dict[int, np.ndarray]:
+    """Every segmented cell scored 1 for the classes of the true cell it overlaps most, 0 elsewhere."""
+    overlap = (labels > 0) & (truth > 0)
+    pairs, counts = np.unique(
+        np.stack([labels[overlap].astype(np.int64), truth[overlap].astype(np.int64)]), axis=1, return_counts=True
+    )
+    best: dict[int, tuple[int, int]] = {}
+    for cell, true_cell, count in zip(pairs[0].tolist(), pairs[1].tolist(), counts.tolist()):
+        if count > best.get(cell, (0, 0))[0]:
+            best[cell] = (count, true_cell)
+    scores = {}
+    for cell in np.unique(labels[labels > 0]).tolist():
+        score = np.zeros(N_CLASSES)
+        if cell in best:
+            score[truth_classes.get(best[cell][1], [])] = 1.0
+        scores[cell] = score
+    return scores
+
+
+def _reference_items(
+    reference: str, masks_paths: Sequence[Path], truth_dir: Path, split: str, seed: int
+) -> Iterator[ImageEval]:
+    """The segmented cells of ``split`` with the scores of a reference (``chance`` or ``ceiling``)."""
+    classes = read_truth_classes(truth_dir, split)
+    rng = np.random.default_rng(seed)
+    for masks_path in masks_paths:
+        masks = open_store(masks_path, "masks")
+        for row, image_id in enumerate(read_strings(masks, "ids")):
+            truth = read_truth_mask(truth_dir, split, image_id)
+            labels = _segmentation_labels(masks, row, truth)
+            truth_classes = classes.get(image_id, {})
+            if reference == "ceiling":
+                scores = _ceiling_scores(labels, truth, truth_classes)
+            else:
+                scores = {cell: rng.random(N_CLASSES) for cell in np.unique(labels[labels > 0]).tolist()}
+            yield ImageEval(truth, truth_classes, labels, scores, image_id)
+
+
+#: The reference rows of the metrics table, in order.
+REFERENCES: tuple[str, ...] = ("chance", "ceiling")
+
+
+def evaluate_references(
+    masks_paths: Sequence[Path], truth_dir: Path, split: str, seed: int = 0
+) -> dict[str, MetricResult]:
+    """The metric of the ``chance`` and ``ceiling`` references on the segmentation of one split."""
+    return {
+        reference: evaluate_label_masks(_reference_items(reference, masks_paths, truth_dir, split, seed))
+        for reference in REFERENCES
+    }
+
+
 def evaluate_run(
     models: dict[str, tuple[int, Path]],
     ensembles: dict[str, tuple[int, Path]],
@@ -81,6 +145,8 @@ def evaluate_run(
     truth_dir: Path,
     out_json: Path,
     out_tsv: Path,
+    test_masks_paths: Sequence[Path] = (),
+    seed: int = 0,
 ) -> None:
     """Score every model, ensemble and the submission; write the details (JSON) and a summary (TSV).
 
@@ -89,8 +155,13 @@ def evaluate_run(
         submission: the submission CSV, or None.
         masks_paths: the training datasets' segmentation stores.
         truth_dir: folder with ``cells.csv`` and ``{split}/{ID}_cellmask.png``.
+        test_masks_paths: the test set's segmentation stores (for its reference rows), if any.
+        seed: seed of the ``chance`` reference's random scores.
+
+    The TSV has one row per model, ensemble and submission (``stage`` = its stage), then the reference
+    rows (``what`` = reference, empty ``stage``, ``scored_on`` = the split).
     """
-    results: dict[str, dict] = {"models": {}, "ensembles": {}}
+    results: dict[str, dict] = {"models": {}, "ensembles": {}, "references": {}}
     summary = []
     for group, entries in (("models", models), ("ensembles", ensembles)):
         for name, (stage, path) in entries.items():
@@ -106,6 +177,12 @@ def evaluate_run(
         result = evaluate_submission(submission, truth)
         results["submission"] = result.to_dict()
         summary.append(("submission", submission.name, max([s for s, _ in models.values()], default=0), "test", result.map))
+    for split, paths in (("train", masks_paths), ("test", test_masks_paths)):
+        if not paths:
+            continue
+        references = evaluate_references(paths, truth_dir, split, seed)
+        results["references"][split] = {name: result.to_dict() for name, result in references.items()}
+        summary += [("reference", name, "", split, result.map) for name, result in references.items()]
     write_text_atomic(out_json, json.dumps(results, indent=2, sort_keys=True) + "\n")
     with atomic_file(out_tsv, "w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")

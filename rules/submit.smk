@@ -48,12 +48,14 @@ rule evaluate:
         ensembles=[ensemble_store(name) for name in ENSEMBLES],
         submission="results/submission.csv",
         masks=all_shards(masks_store, TRAIN_DATASETS),
+        test_masks=all_shards(masks_store, ["test"]),
         truth=TRUTH_DIR or [],
     output:
         json="results/metrics.json",
         tsv=report("results/metrics.tsv", caption="../report/metrics.rst", category="Metrics"),
     params:
         scored=evaluation_options,
+        seed=config["seed"],
     log:
         "logs/evaluate/evaluate.log",
     benchmark:
@@ -62,4 +64,5 @@ rule evaluate:
         "../envs/pipeline.yaml"
     shell:
         "hpa-pipeline evaluate {params.scored} --submission {input.submission} --masks {input.masks} "
-        "--truth {input.truth} --out-json {output.json} --out-tsv {output.tsv} > {log} 2>&1"
+        "--test-masks {input.test_masks} --truth {input.truth} --seed {params.seed} "
+        "--out-json {output.json} --out-tsv {output.tsv} > {log} 2>&1"

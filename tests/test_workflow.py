@@ -34,7 +34,11 @@ def test_demo_writes_a_valid_submission_and_its_metrics(demo_run):
     assert set(metrics["ensembles"]) == {"stage1", "stage2"}
     assert 0 <= metrics["submission"]["map"] <= 1
     summary = (demo_run / "results/metrics.tsv").read_text().splitlines()
-    assert summary[0].split("\t") == ["what", "name", "stage", "scored_on", "cell_map"] and len(summary) == 1 + 10 + 2 + 1
+    assert summary[0].split("\t") == ["what", "name", "stage", "scored_on", "cell_map"] and len(summary) == 1 + 10 + 2 + 1 + 4
+    references = {(row.split("\t")[1], row.split("\t")[3]): float(row.split("\t")[4]) for row in summary if row.startswith("reference")}
+    for split in ("train", "test"):
+        assert 0 < references[("chance", split)] < references[("ceiling", split)] <= 1
+    assert set(metrics["references"]) == {"train", "test"}
 
 
 @pytest.mark.slow

@@ -1,0 +1,126 @@
+"""Scoring against per-cell truth: out-of-fold predictions joined by cell identity, the chance and
+ceiling references, the metrics table."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import store_paths
+
+from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.evaluation import (
+    evaluate_out_of_fold,
+    evaluate_references,
+    evaluate_run,
+    read_truth_classes,
+    read_truth_mask,
+)
+from hpa_pipeline.io.stores import atomic_store, open_store, read_strings, write_strings
+from hpa_pipeline.labels import N_CLASSES
+from hpa_pipeline.predictions import PredictionSet, write_predictions
+
+
+def truth_masks_store(stores: dict, split: str, path: Path) -> Path:
+    """A segmentation store whose cells are exactly the true cells of ``split``."""
+    shards = store_paths(stores, split, "cells")
+    ids = [image_id for shard in shards for image_id in read_strings(open_store(shard, "cells"), "ids")]
+    with atomic_store(path, "masks", resolution="original", scale_factor=1.0, backend="truth") as group:
+        write_strings(group, "ids", ids)
+        labels = group.create_group("labels")
+        for row, image_id in enumerate(ids):
+            mask = read_truth_mask(stores["data"] / "truth", split, image_id).astype(np.uint16)
+            labels.create_array(str(row), shape=mask.shape, dtype="uint16")[...] = mask
+    return path
+
+
+def oracle_predictions(masks_paths: list[Path], truth_dir: Path, reverse_cells: bool) -> PredictionSet:
+    """Every segmented cell predicted with the classes of the true cell it overlaps most."""
+    classes = read_truth_classes(truth_dir, "train")
+    ids, offsets, instance, probs = [], [0], [], []
+    for masks_path in masks_paths:
+        masks = open_store(masks_path, "masks")
+        for row, image_id in enumerate(read_strings(masks, "ids")):
+            truth = read_truth_mask(truth_dir, "train", image_id)
+            labels = cv2.resize(masks["labels"][str(row)][...], truth.shape[::-1],
+                                interpolation=cv2.INTER_NEAREST_EXACT)
+            cells = [int(cell) for cell in np.unique(labels) if cell]
+            for cell in reversed(cells) if reverse_cells else cells:
+                values, counts = np.unique(truth[(labels == cell) & (truth > 0)], return_counts=True)
+                score = np.zeros(N_CLASSES, np.float32)
+                if values.size:
+                    score[classes.get(image_id, {}).get(int(values[np.argmax(counts)]), [])] = 1.0
+                instance.append(cell)
+                probs.append(score)
+            ids.append(image_id)
+            offsets.append(len(instance))
+    probs_array = np.asarray(probs, np.float32).reshape(-1, N_CLASSES, 1)
+    return PredictionSet(ids, np.asarray(offsets, np.int64), np.asarray(instance, np.int32), probs_array,
+                         np.zeros((len(ids), N_CLASSES, 1), np.float32))
+
+
+def test_ceiling_of_the_true_segmentation_is_one(demo_stores, tmp_path):
+    masks = truth_masks_store(demo_stores, "train", tmp_path / "truth_masks.zarr")
+    references = evaluate_references([masks], demo_stores["data"] / "truth", "train", seed=0)
+    assert references["ceiling"].map == 1.0
+    assert 0.0 < references["chance"].map < 1.0
+
+
+def test_references_frame_the_classical_segmentation(demo_stores):
+    masks = store_paths(demo_stores, "train", "masks")
+    truth_dir = demo_stores["data"] / "truth"
+    references = evaluate_references(masks, truth_dir, "train", seed=0)
+    assert 0.0 < references["chance"].map < references["ceiling"].map <= 1.0
+    assert evaluate_references(masks, truth_dir, "train", seed=0)["chance"].map == references["chance"].map
+    assert evaluate_references(masks, truth_dir, "train", seed=1)["chance"].map != references["chance"].map
+
+
+@pytest.mark.parametrize("reverse_cells", [False, True])
+def test_out_of_fold_predictions_are_joined_by_cell_identity(demo_stores, reverse_cells):
+    """Perfect classes on the segmented cells score the ceiling, in whatever order the cells come."""
+    masks = store_paths(demo_stores, "train", "masks")
+    truth_dir = demo_stores["data"] / "truth"
+    predictions = oracle_predictions(masks, truth_dir, reverse_cells)
+    ceiling = evaluate_references(masks, truth_dir, "train")["ceiling"].map
+    assert evaluate_out_of_fold(predictions, masks, truth_dir).map == pytest.approx(ceiling, abs=1e-12)
+
+
+def test_out_of_fold_predictions_of_other_images_are_refused(demo_stores):
+    masks = store_paths(demo_stores, "train", "masks")
+    predictions = oracle_predictions(masks[:1], demo_stores["data"] / "truth", reverse_cells=False)
+    with pytest.raises(InputDataError, match="out-of-fold predictions"):
+        evaluate_out_of_fold(predictions, masks, demo_stores["data"] / "truth")
+
+
+def test_evaluate_run_writes_models_ensembles_and_references(demo_stores, tmp_path):
+    masks = store_paths(demo_stores, "train", "masks")
+    truth_dir = demo_stores["data"] / "truth"
+    oof = tmp_path / "oof.zarr"
+    write_predictions(oof, oracle_predictions(masks, truth_dir, reverse_cells=False))
+    evaluate_run({"oracle": (1, oof)}, {"stage1": (1, oof)}, None, masks, truth_dir, tmp_path / "metrics.json",
+                 tmp_path / "metrics.tsv", test_masks_paths=store_paths(demo_stores, "test", "masks"), seed=0)
+    with open(tmp_path / "metrics.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert [(row["what"], row["name"], row["stage"], row["scored_on"]) for row in rows] == [
+        ("model", "oracle", "1", "out-of-fold (train)"),
+        ("ensemble", "stage1", "1", "out-of-fold (train)"),
+        ("reference", "chance", "", "train"),
+        ("reference", "ceiling", "", "train"),
+        ("reference", "chance", "", "test"),
+        ("reference", "ceiling", "", "test"),
+    ]
+    assert rows[0]["cell_map"] == rows[3]["cell_map"]  # the oracle reaches the ceiling
+    details = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(details["references"]) == {"train", "test"}
+    assert details["references"]["train"]["ceiling"]["map"] == details["models"]["oracle"]["out_of_fold"]["map"]
+
+
+def test_missing_truth_is_named(tmp_path):
+    with pytest.raises(InputDataError, match=str(tmp_path / "cells.csv")):
+        read_truth_classes(tmp_path, "train")
+    with pytest.raises(InputDataError, match="img0_cellmask.png"):
+        read_truth_mask(tmp_path, "train", "img0")
