@@ -12,7 +12,9 @@ of the same demo (profiles/default) that runs at the same time:
 (d) the outputs equal the local run's (preprocess stores' arrays; submission.csv byte for byte).
 
 Two quick checks run first, before the cluster exists: a start that fails halfway leaves nothing
-running, and ``stop.sh --purge`` deletes only its own state directories.
+running, and ``stop.sh --purge`` deletes only its own state directories. The fixture also leaves the
+symlink of a killed cluster in place before the start (when the machine has none), as a test run
+killed with its machine session does; the start must clear it and go on.
 
 Needs root and Debian (apt-get installs the Slurm packages when missing); skipped otherwise. The
 ``segment`` rule only asks for a GPU with the hpacellseg backend, so the run forces it with
@@ -52,21 +54,63 @@ CANCEL_AFTER_S = 3  # ... once it has run this long
 BIN = Path(sys.executable).parent
 
 
+MARKER = ".hpa-slurm-local"  # start.sh's mark on its state directories
+DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
+LINK = Path("/etc/slurm/slurm.conf")
+
+
+def dead_cluster_link() -> bool:
+    """The config symlink belongs to a cluster of start.sh none of whose daemons runs any more."""
+    if not LINK.is_symlink():
+        return False
+    target = Path(os.readlink(LINK))
+    state = target.parent.parent
+    if target.name != "slurm.conf" or not (state / MARKER).is_file():
+        return False
+    for name in DAEMONS:
+        try:
+            pid = (state / "pids" / name).read_text().strip()
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name[:15]:
+                return False
+        except OSError:
+            continue
+    return True
+
+
 def skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root: starts Slurm daemons and may apt-get install their Debian packages"
     if not Path("/etc/debian_version").exists() or shutil.which("apt-get") is None or shutil.which("dpkg-query") is None:
         return "needs Debian with apt-get (the local cluster uses Debian's Slurm 22.05 packages)"
-    link = Path("/etc/slurm/slurm.conf")
-    if link.exists() or link.is_symlink():
-        return f"{link} exists: this machine has its own Slurm configuration (or another test cluster runs)"
+    if (LINK.exists() or LINK.is_symlink()) and not dead_cluster_link():
+        return f"{LINK} exists: this machine has its own Slurm configuration (or another test cluster runs)"
     return None
+
+
+def leave_a_dead_cluster_link() -> Path | None:
+    """What a test cluster killed without stop.sh leaves: its state directory and the config symlink."""
+    if LINK.exists() or LINK.is_symlink():
+        return None
+    state = Path(tempfile.mkdtemp(prefix="hpa-slurm-dead-", dir="/tmp"))
+    (state / MARKER).touch()
+    for folder in ("etc", "pids", "run"):
+        (state / folder).mkdir()
+    (state / "etc" / "slurm.conf").write_text("# the config of a cluster that was killed\n")
+    ended = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    (state / "pids" / "slurmctld").write_text(ended.stdout)  # a pid that no longer runs slurmctld
+    if not LINK.parent.exists():
+        LINK.parent.mkdir()
+        (state / "run" / "made-etc-dir").write_text(f"{LINK.parent}\n")
+    LINK.symlink_to(state / "etc" / "slurm.conf")
+    return state
 
 
 @dataclass
 class Cluster:
     state: Path
     env: dict[str, str]
+    start_output: str
+    dead_state: Path
 
     def run(self, *command: str, timeout: float = 30) -> str:
         result = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -92,13 +136,17 @@ def cluster():
         SLURM_CONF=str(state / "etc" / "slurm.conf"),
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     )
+    planted = leave_a_dead_cluster_link()
+    dead_state = planted or Path(os.readlink(LINK)).parent.parent  # skip_reason: an existing link is dead
     try:
         started = subprocess.run([str(SCRIPTS / "start.sh")], env=env, capture_output=True, text=True, timeout=600)
         if started.returncode == 3:
             pytest.skip(f"Slurm packages missing and not installable: {started.stderr[-1000:]}")
         assert started.returncode == 0, f"start.sh failed:\n{started.stdout[-3000:]}\n{started.stderr[-5000:]}"
-        yield Cluster(state, env)
+        yield Cluster(state, env, started.stdout + started.stderr, dead_state)
     finally:
+        if planted is not None:
+            shutil.rmtree(planted, ignore_errors=True)
         stopped = subprocess.run(
             [str(SCRIPTS / "stop.sh"), "--purge"], env=env, capture_output=True, text=True, timeout=300
         )
@@ -151,6 +199,12 @@ def test_stop_refuses_to_purge_a_foreign_directory(tmp_path):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 1 and (foreign / "keep.txt").exists()
+
+
+def test_start_clears_the_link_of_a_dead_cluster(cluster):
+    """A cluster killed without stop.sh does not block the next start (its symlink is replaced)."""
+    assert f"no longer runs ({cluster.dead_state})" in cluster.start_output
+    assert Path(os.readlink(LINK)) == cluster.state / "etc" / "slurm.conf"
 
 
 # ------------------------------------------------------------------------------- the SLURM run

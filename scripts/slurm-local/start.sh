@@ -62,16 +62,30 @@ fi
 [[ "$NGPU" =~ ^[0-9]+$ && "$CPUS" =~ ^[1-9][0-9]*$ && "$MEM_MB" =~ ^[1-9][0-9]*$ ]] \
   || die "SLURM_LOCAL_GPUS, SLURM_LOCAL_CPUS and SLURM_LOCAL_MEM_MB must be numbers"
 
-alive() {  # alive NAME: the daemon recorded in pids/NAME is running
+alive() {  # alive DIR NAME: the daemon that the cluster in DIR recorded as NAME still runs it
   local pid
-  pid=$(cat "$STATE/pids/$1" 2>/dev/null) || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+  pid=$(cat "$1/pids/$2" 2>/dev/null) || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "${2:0:15}" ]]
 }
-for name in munged mariadbd slurmdbd slurmctld slurmd; do
-  if alive "$name"; then
-    die "a cluster from $STATE is already running ($name); run stop.sh first"
+any_alive() {  # any_alive DIR: some daemon of the cluster in DIR still runs
+  local name
+  for name in munged mariadbd slurmdbd slurmctld slurmd; do
+    alive "$1" "$name" && return 0
+  done
+  return 1
+}
+any_alive "$STATE" && die "a cluster from $STATE is already running; run stop.sh first"
+# A cluster of this script that died without stop.sh (its test run or machine session was killed)
+# leaves its symlink behind. When the link's state directory is ours (it has the marker) and none of
+# its daemons runs, that cluster's own stop.sh removes the link; anything else is left alone.
+link_target=$(readlink /etc/slurm/slurm.conf 2>/dev/null || true)
+if [[ -L /etc/slurm/slurm.conf && "$link_target" != "$STATE/etc/slurm.conf" && "$link_target" == /*/etc/slurm.conf ]]; then
+  stale=${link_target%/etc/slurm.conf}
+  if [[ -f "$stale/$MARKER" ]] && ! any_alive "$stale"; then
+    say "removing the symlink of a test cluster that no longer runs ($stale)"
+    SLURM_LOCAL_DIR="$stale" "$HERE/stop.sh" > /dev/null
   fi
-done
+fi
 if [[ -e /etc/slurm/slurm.conf || -L /etc/slurm/slurm.conf ]] \
    && [[ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" != "$STATE/etc/slurm.conf" ]]; then
   die "/etc/slurm/slurm.conf exists and is not this cluster's symlink: this machine has its own \
@@ -215,7 +229,7 @@ wait_for() {  # wait_for SECONDS NAME TEST...: poll TEST until it passes, NAME m
   shift 2
   local deadline=$((SECONDS + seconds))
   until "$@" > /dev/null 2>&1; do
-    alive "$name" || die "$name exited (see $STATE/log/)"
+    alive "$STATE" "$name" || die "$name exited (see $STATE/log/)"
     ((SECONDS < deadline)) || die "$name not ready after ${seconds}s (see $STATE/log/)"
     sleep 0.2
   done
