@@ -312,16 +312,10 @@ def _validate_arguments(parser: argparse.ArgumentParser) -> None:
 def _validate(args: argparse.Namespace) -> None:
     import json
 
-    from hpa_pipeline.io.channels import image_shape
     from hpa_pipeline.io.files import write_text_atomic
-    from hpa_pipeline.labels import read_test_table
-    from hpa_pipeline.submission import validate_submission
+    from hpa_pipeline.submit import check_submission
 
-    expected = {}
-    for image_id in read_test_table(args.table)["ID"]:
-        height, width = image_shape(args.images, image_id)
-        expected[image_id] = (width, height)
-    report = validate_submission(args.submission, expected)
+    report = check_submission(args.submission, args.images, args.table)
     log.info("valid: %s", report.to_dict())
     if args.report:
         write_text_atomic(args.report, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")

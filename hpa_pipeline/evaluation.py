@@ -57,25 +57,29 @@ def read_truth_mask(truth_dir: Path, split: str, image_id: str) -> np.ndarray:
     return mask
 
 
-def _segmentation_labels(masks, row: int, truth: np.ndarray) -> np.ndarray:
-    """A segmentation store's label image of one row, at the truth's resolution."""
-    labels = masks["labels"][str(row)][...]
-    return labels if labels.shape == truth.shape else resize_labels(labels, *truth.shape)
+def _segmented_images(
+    masks_paths: Sequence[Path], truth_dir: Path, split: str
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(image ID, truth mask, segmentation labels at the truth's resolution) of every image of the stores."""
+    for masks_path in masks_paths:
+        masks = open_store(masks_path, "masks")
+        for row, image_id in enumerate(read_strings(masks, "ids")):
+            truth = read_truth_mask(truth_dir, split, image_id)
+            labels = masks["labels"][str(row)][...]
+            if labels.shape != truth.shape:
+                labels = resize_labels(labels, *truth.shape)
+            yield image_id, truth, labels
 
 
 def _oof_items(predictions: PredictionSet, masks_paths: Sequence[Path], truth_dir: Path) -> Iterator[ImageEval]:
     classes = read_truth_classes(truth_dir, "train")
-    for masks_path in masks_paths:
-        masks = open_store(masks_path, "masks")
-        ids = read_strings(masks, "ids")
-        shard = select_images(predictions, ids, "out-of-fold predictions")
-        for row, image_id in enumerate(ids):
-            truth = read_truth_mask(truth_dir, "train", image_id)
-            labels = _segmentation_labels(masks, row, truth)
-            cells = slice(shard.offsets[row], shard.offsets[row + 1])
-            scores = shard.probs[cells].mean(axis=2)
-            yield ImageEval(truth, classes.get(image_id, {}), labels,
-                            {int(k): score for k, score in zip(shard.instance[cells], scores)}, image_id)
+    ids = [image_id for path in masks_paths for image_id in read_strings(open_store(path, "masks"), "ids")]
+    selected = select_images(predictions, ids, "out-of-fold predictions")
+    for row, (image_id, truth, labels) in enumerate(_segmented_images(masks_paths, truth_dir, "train")):
+        cells = slice(selected.offsets[row], selected.offsets[row + 1])
+        scores = selected.probs[cells].mean(axis=2)
+        yield ImageEval(truth, classes.get(image_id, {}), labels,
+                        {int(k): score for k, score in zip(selected.instance[cells], scores)}, image_id)
 
 
 def evaluate_out_of_fold(predictions: PredictionSet, masks_paths: Sequence[Path], truth_dir: Path) -> MetricResult:
@@ -110,17 +114,13 @@ def _reference_items(
     """The segmented cells of ``split`` with the scores of a reference (``chance`` or ``ceiling``)."""
     classes = read_truth_classes(truth_dir, split)
     rng = np.random.default_rng(seed)
-    for masks_path in masks_paths:
-        masks = open_store(masks_path, "masks")
-        for row, image_id in enumerate(read_strings(masks, "ids")):
-            truth = read_truth_mask(truth_dir, split, image_id)
-            labels = _segmentation_labels(masks, row, truth)
-            truth_classes = classes.get(image_id, {})
-            if reference == "ceiling":
-                scores = _ceiling_scores(labels, truth, truth_classes)
-            else:
-                scores = {cell: rng.random(N_CLASSES) for cell in np.unique(labels[labels > 0]).tolist()}
-            yield ImageEval(truth, truth_classes, labels, scores, image_id)
+    for image_id, truth, labels in _segmented_images(masks_paths, truth_dir, split):
+        truth_classes = classes.get(image_id, {})
+        if reference == "ceiling":
+            scores = _ceiling_scores(labels, truth, truth_classes)
+        else:
+            scores = {cell: rng.random(N_CLASSES) for cell in np.unique(labels[labels > 0]).tolist()}
+        yield ImageEval(truth, truth_classes, labels, scores, image_id)
 
 
 #: The reference rows of the metrics table, in order.

@@ -17,6 +17,7 @@ from hpa_pipeline.ensemble import average_predictions
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import image_shape
 from hpa_pipeline.io.stores import open_store, read_strings
+from hpa_pipeline.labels import read_test_table
 from hpa_pipeline.predictions import align_to_cells, read_predictions
 from hpa_pipeline.preprocess.index import read_index
 from hpa_pipeline.preprocess.masks import read_cell_table, resize_labels
@@ -83,15 +84,16 @@ def make_submission(
     log.info("%d images, %d cells -> %s", len(expected_ids), average.n_cells, out_path)
 
 
-def expected_sizes(image_dir: Path, index_path: Path) -> dict[str, tuple[int, int]]:
-    """Image ID -> (width, height) of every test image, from the channel files' headers."""
+def expected_sizes(image_dir: Path, table_path: Path) -> dict[str, tuple[int, int]]:
+    """Image ID -> (width, height) of every test image of ``sample_submission.csv`` (or an index),
+    from the channel files' headers."""
     sizes = {}
-    for image_id in read_index(index_path)["ID"]:
+    for image_id in read_test_table(table_path)["ID"]:
         height, width = image_shape(image_dir, image_id)
         sizes[image_id] = (width, height)
     return sizes
 
 
-def check_submission(submission_path: Path, image_dir: Path, index_path: Path) -> SubmissionReport:
-    """Validate a submission against the test images (decodes every mask)."""
-    return validate_submission(submission_path, expected_sizes(image_dir, index_path))
+def check_submission(submission_path: Path, image_dir: Path, table_path: Path) -> SubmissionReport:
+    """Validate a submission against the test images listed in ``table_path`` (decodes every mask)."""
+    return validate_submission(submission_path, expected_sizes(image_dir, table_path))
