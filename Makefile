@@ -23,7 +23,10 @@ demo: $(INSTALLED)
 test: $(INSTALLED)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
+# ruff (lint and format, configured in pyproject.toml) and Snakemake's own linter of the workflow
 lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --lint --configfile configs/demo.yaml
 
 clean-demo:

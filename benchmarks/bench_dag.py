@@ -36,7 +36,10 @@ def main() -> None:
         data = work / "data"
         (data / "train").mkdir(parents=True)
         (data / "test").mkdir()
-        rows = ["ID,Label"] + [f"{i:08x}-bb99-11e8-b2b9-ac1f6b6435d0,{'|'.join(map(str, sorted(set(rng.integers(0, 19, 2)))))}" for i in range(args.train)]
+        rows = ["ID,Label"] + [
+            f"{i:08x}-bb99-11e8-b2b9-ac1f6b6435d0,{'|'.join(map(str, sorted(set(rng.integers(0, 19, 2)))))}"
+            for i in range(args.train)
+        ]
         (data / "train.csv").write_text("\n".join(rows) + "\n")
         (data / "sample_submission.csv").write_text(
             "ID,ImageWidth,ImageHeight,PredictionString\n" + "".join(f"t{i:07d},2048,2048,\n" for i in range(args.test))
@@ -51,8 +54,10 @@ def main() -> None:
             if result.returncode != 0:
                 sys.exit(result.stdout[-2000:] + result.stderr[-2000:])
         total = re.search(r"^total\s+(\d+)$", result.stdout, re.MULTILINE)
-        print(f"full configuration, {args.train} training and {args.test} test images: {total.group(1)} jobs; "
-              f"`snakemake submission -n` took {min(times):.2f} s (best of 3; {', '.join(f'{t:.2f}' for t in times)})")
+        print(
+            f"full configuration, {args.train} training and {args.test} test images: {total.group(1)} jobs; "
+            f"`snakemake submission -n` took {min(times):.2f} s (best of 3; {', '.join(f'{t:.2f}' for t in times)})"
+        )
 
 
 if __name__ == "__main__":

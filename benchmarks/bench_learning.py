@@ -75,11 +75,16 @@ def main() -> None:
             sys.exit(result.stdout[-3000:] + result.stderr[-3000:])
         with open(work / "results/metrics.tsv", newline="") as handle:
             rows = list(csv.DictReader(handle, delimiter="\t"))
-        print(f"{args.train} synthetic training images, {args.epochs} epochs per model, 2 folds, "
-              f"--cores {args.cores}: {wall_s:.0f} s wall")
+        print(
+            f"{args.train} synthetic training images, {args.epochs} epochs per model, 2 folds, "
+            f"--cores {args.cores}: {wall_s:.0f} s wall"
+        )
         print(f"{'what':<10} {'name':<18} {'stage':>5}  {'scored on':<20} cell mAP")
         for row in rows:
-            print(f"{row['what']:<10} {row['name']:<18} {row['stage']:>5}  {row['scored_on']:<20} {float(row['cell_map']):.3f}")
+            print(
+                f"{row['what']:<10} {row['name']:<18} {row['stage']:>5}  {row['scored_on']:<20} "
+                f"{float(row['cell_map']):.3f}"
+            )
     finally:
         if scratch is not None:
             scratch.cleanup()

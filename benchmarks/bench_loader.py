@@ -19,19 +19,18 @@ import torch
 from bench_preprocess import dataset, truth_masks_store
 from torch.utils.data import DataLoader, Dataset
 
+from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.channels import CHANNELS
-from hpa_pipeline.io.stores import open_store, read_strings
+from hpa_pipeline.io.stores import ShardedArray, open_store, read_strings
+from hpa_pipeline.nets.models import normalize_images
 from hpa_pipeline.preprocess.crops import crop_shard
-from hpa_pipeline.preprocess.masks import read_cell_table, resize_masks_shard
+from hpa_pipeline.preprocess.masks import resize_masks_shard
 from hpa_pipeline.preprocess.resize import resize_shard
-from hpa_pipeline.train.data import (
+from hpa_pipeline.train.datasets import (
     CamTrainingSet,
     CellCropSet,
     EpochSampler,
-    ShardedArray,
     collate_cam,
-    normalize_images,
-    read_cell_index,
 )
 
 
@@ -52,14 +51,23 @@ class PngCamSet(Dataset):
         rng = np.random.default_rng([self.seed, epoch, position])
         top, left = rng.integers(0, image.shape[-1] - self.crop_size + 1, size=2)
         window = (slice(top, top + self.crop_size), slice(left, left + self.crop_size))
-        return {"image": normalize_images(np.ascontiguousarray(image[:, window[0], window[1]])),
-                "mask": torch.from_numpy(mask[window].astype(np.int64)), "labels": torch.zeros(19)}
+        return {
+            "image": normalize_images(np.ascontiguousarray(image[:, window[0], window[1]])),
+            "mask": torch.from_numpy(mask[window].astype(np.int64)),
+            "labels": torch.zeros(19),
+        }
 
 
 def throughput(dataset: Dataset, batch_size: int, workers: int, epochs: int, collate=None) -> float:
     sampler = EpochSampler(len(dataset), seed=0)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        persistent_workers=workers > 0,
+    )
     for _ in loader:  # warm-up: worker start, page cache
         break
     started = time.perf_counter()
@@ -92,11 +100,19 @@ def main() -> None:
             cv2.imwrite(str(png / f"{image_id}_{channel}.png"), plane)
         cv2.imwrite(str(png / f"{image_id}_mask.png"), masks["masks"][row])
 
-    cells = read_cell_index([work / "cells.zarr"])
+    cells = read_cell_table([work / "cells.zarr"])
     labels = np.zeros((len(ids), 19), np.float32)
-    zarr_set = CamTrainingSet(ShardedArray([work / "i768.zarr"], "images", "images"),
-                              ShardedArray([work / "m768.zarr"], "masks_resized", "masks"),
-                              np.arange(len(ids)), labels, cells, None, 512, True, 0)
+    zarr_set = CamTrainingSet(
+        ShardedArray([work / "i768.zarr"], "images", "images"),
+        ShardedArray([work / "m768.zarr"], "masks_resized", "masks"),
+        np.arange(len(ids)),
+        labels,
+        cells,
+        None,
+        512,
+        True,
+        0,
+    )
     png_set = PngCamSet(png, ids, 512, 0)
     crops = ShardedArray([work / "crops.zarr"], "crops", "crops")
     n_cells = read_cell_table(work / "cells.zarr").n_cells
@@ -107,8 +123,11 @@ def main() -> None:
         from_zarr = throughput(zarr_set, 8, workers, 3, collate_cam)
         from_png = throughput(png_set, 8, workers, 3, collate_cam)
         from_crops = throughput(cell_set, 128, workers, 3)
-        print(f"workers={workers}: CAM loader from Zarr {from_zarr:.1f}/s, same samples decoded from PNG {from_png:.1f}/s "
-              f"({from_zarr / from_png:.1f}x); cell-crop loader from Zarr {from_crops:.0f} crops/s")
+        print(
+            f"workers={workers}: CAM loader from Zarr {from_zarr:.1f}/s, "
+            f"same samples decoded from PNG {from_png:.1f}/s "
+            f"({from_zarr / from_png:.1f}x); cell-crop loader from Zarr {from_crops:.0f} crops/s"
+        )
 
 
 if __name__ == "__main__":

@@ -23,15 +23,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hpa_pipeline.labels import N_CLASSES
-from hpa_pipeline.metrics import ImageEval, evaluate_label_masks, evaluate_submission
-from hpa_pipeline.submission import (
+from hpa_pipeline.kaggle.metric import ImageEval, evaluate_label_masks, evaluate_submission
+from hpa_pipeline.kaggle.submission import (
     encode_binary_mask,
     encode_cell_masks,
     format_prediction_string,
     validate_submission,
     write_submission,
 )
+from hpa_pipeline.labels import N_CLASSES
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "hpa_samples" / "kaggle2021_train"
 if not SAMPLES.is_dir():  # the checkout may live elsewhere; the shared data does not move
@@ -62,8 +62,8 @@ def main() -> None:
     print(f"  {'image':10s} {'size':>9s} {'cells':>5s} {'cell_masks':>10s} {'naive':>8s}")
     for image_id, labels in masks.items():
         cells = np.unique(labels)[1:]
-        fast = best_time(lambda: encode_cell_masks(labels, cells), args.repeat)
-        naive = best_time(lambda: [encode_binary_mask(labels == k) for k in cells], 1)
+        fast = best_time(lambda labels=labels, cells=cells: encode_cell_masks(labels, cells), args.repeat)
+        naive = best_time(lambda labels=labels, cells=cells: [encode_binary_mask(labels == k) for k in cells], 1)
         size = f"{labels.shape[0]}x{labels.shape[1]}"
         print(f"  {image_id:10s} {size:>9s} {len(cells):5d} {fast * 1e3:10.1f} {naive * 1e3:8.1f}")
 
@@ -76,7 +76,14 @@ def main() -> None:
         pred_cells = [int(c) for c in np.unique(pred) if c]
         probs = rng.random((len(pred_cells), N_CLASSES))
         items[image_id] = ImageEval(truth, classes, pred, dict(zip(pred_cells, probs)), image_id)
-        rows.append((image_id, truth.shape[1], truth.shape[0], format_prediction_string(probs, encode_cell_masks(pred, pred_cells))))
+        rows.append(
+            (
+                image_id,
+                truth.shape[1],
+                truth.shape[0],
+                format_prediction_string(probs, encode_cell_masks(pred, pred_cells)),
+            )
+        )
     n_images = len(items)
     truth_map = {k: (item.truth_labels, item.truth_classes) for k, item in items.items()}
     expected = {k: (item.truth_labels.shape[1], item.truth_labels.shape[0]) for k, item in items.items()}

@@ -22,6 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hpa_pipeline.data.index import build_index
+from hpa_pipeline.data.synth import write_demo_dataset
+from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.channels import CHANNELS
 from hpa_pipeline.io.stores import (
     MASK_COMPRESSORS,
@@ -30,21 +33,17 @@ from hpa_pipeline.io.stores import (
     write_table,
 )
 from hpa_pipeline.preprocess.crops import crop_shard
-from hpa_pipeline.preprocess.index import build_index
-from hpa_pipeline.preprocess.masks import (
-    read_cell_table,
-    resize_masks_shard,
-    segment_shard,
-)
+from hpa_pipeline.preprocess.masks import resize_masks_shard, segment_shard
 from hpa_pipeline.preprocess.resize import resize_shard
 from hpa_pipeline.preprocess.segment import create_producer
-from hpa_pipeline.synth import write_demo_dataset
 
 
 def dataset(workdir: Path, n_images: int, size: int, cells: int) -> tuple[Path, list[str]]:
     data = workdir / f"synth-{n_images}x{size}-{cells}"
     if not (data / "train.csv").exists():
-        write_demo_dataset(data, n_train=n_images, n_test=1, image_size=size, cells_per_image=(cells, cells), seed=0, overwrite=True)
+        write_demo_dataset(
+            data, n_train=n_images, n_test=1, image_size=size, cells_per_image=(cells, cells), seed=0, overwrite=True
+        )
     ids = build_index(data / "train", data / "train.csv", "train", 1)["ID"].tolist()
     return data, ids
 
@@ -66,7 +65,9 @@ def truth_masks_store(data: Path, ids: list[str], path: Path) -> None:
         for row, image_id in enumerate(ids):
             mask = cv2.imread(str(data / "truth" / "train" / f"{image_id}_cellmask.png"), cv2.IMREAD_UNCHANGED)
             shapes.append(mask.shape)
-            array = labels.create_array(str(row), shape=mask.shape, dtype="uint16", chunks=mask.shape, compressors=MASK_COMPRESSORS)
+            array = labels.create_array(
+                str(row), shape=mask.shape, dtype="uint16", chunks=mask.shape, compressors=MASK_COMPRESSORS
+            )
             array[...] = mask
         write_table(group, "source_shape", np.array(shapes, np.int32))
         write_table(group, "n_cells", np.array([0] * len(ids), np.int32))
@@ -84,7 +85,9 @@ def child(stage: str, data: Path, ids: list[str], out: Path) -> None:
         resize_masks_shard(out / "truth.zarr", [768], [out / "m768.zarr"], out / "cells.zarr")
         crop_shard(out / "i768.zarr", out / "m768.zarr", out / "cells.zarr", 192, out / "crops.zarr")
     # VmHWM is this process's own high-water mark; ru_maxrss would include the parent's at fork time
-    peak_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    peak_kib = next(
+        int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")
+    )
     print(json.dumps({"peak_mib": peak_kib / 1024}))
 
 
@@ -92,7 +95,9 @@ def peak_memory(stage: str, data: Path, ids: list[str], out: Path) -> float:
     out.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [sys.executable, __file__, "--child", stage, "--data", str(data), "--ids", ",".join(ids), "--out", str(out)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
 
@@ -131,8 +136,11 @@ def main() -> None:
             runs.append(time.perf_counter() - started)
         resize_times[threads] = min(runs)
     for threads in (1, 2):
-        print(f"decode floor, {threads} thread(s): {floor[threads]:.2f} s; resize stage (768 + 1536, "
-              f"{threads} thread(s)): {resize_times[threads]:.2f} s = {resize_times[threads] / floor[threads]:.2f}x the floor")
+        print(
+            f"decode floor, {threads} thread(s): {floor[threads]:.2f} s; resize stage (768 + 1536, "
+            f"{threads} thread(s)): {resize_times[threads]:.2f} s = "
+            f"{resize_times[threads] / floor[threads]:.2f}x the floor"
+        )
 
     producer = create_producer("classical")
     subset = ids[: min(4, len(ids))]
@@ -142,8 +150,10 @@ def main() -> None:
     started = time.perf_counter()
     segment_shard(subset, work / "seg_test.zarr", producer, 0.5, image_dir=data / "train")
     test_path = (time.perf_counter() - started) / len(subset)
-    print(f"segmentation (classical): {train_path:.2f} s/image on the train path (1536 px, scale 1.0), "
-          f"{test_path:.2f} s/image on the test path (original, scale 0.5)")
+    print(
+        f"segmentation (classical): {train_path:.2f} s/image on the train path (1536 px, scale 1.0), "
+        f"{test_path:.2f} s/image on the test path (original, scale 0.5)"
+    )
 
     truth_masks_store(data, ids, work / "truth.zarr")
     resize_masks_shard(work / "truth.zarr", [768], [work / "m768.zarr"], work / "cells.zarr")
@@ -156,7 +166,10 @@ def main() -> None:
     for stage in ("resize", "segment", "crop"):
         counts = sorted({max(1, len(ids) // 4), max(1, len(ids) // 2), len(ids)})
         peaks = [peak_memory(stage, data, ids[:count], args.workdir / f"mem-{stage}-{count}") for count in counts]
-        print(f"peak memory of a {stage} shard: " + ", ".join(f"{count} images {peak:.0f} MiB" for count, peak in zip(counts, peaks)))
+        print(
+            f"peak memory of a {stage} shard: "
+            + ", ".join(f"{count} images {peak:.0f} MiB" for count, peak in zip(counts, peaks))
+        )
 
 
 def _subset_store(work: Path, subset: list[str]) -> Path:
@@ -167,7 +180,9 @@ def _subset_store(work: Path, subset: list[str]) -> Path:
     path = work / "i1536-subset.zarr"
     with atomic_store(path, "images", size=1536) as group:
         write_strings(group, "ids", subset)
-        images = group.create_array("images", shape=(len(subset), 4, 1536, 1536), dtype="uint8", chunks=(1, 4, 1536, 1536))
+        images = group.create_array(
+            "images", shape=(len(subset), 4, 1536, 1536), dtype="uint8", chunks=(1, 4, 1536, 1536)
+        )
         images[...] = source["images"][: len(subset)]
         write_table(group, "source_shape", source["source_shape"][: len(subset)])
     return path

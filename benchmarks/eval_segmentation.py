@@ -114,7 +114,10 @@ def evaluate(producer: MapProducer, paths: list[str], verbose: bool = True) -> d
         total = Match(0, 0, 0, np.zeros(0))
         if verbose:
             print(f"\n{path} path (scale factor {scale}):")
-            print(f"  {'image':10s} {'size':>9s} {'ref':>4s} {'pred':>4s} {'match':>5s} {'recall':>6s} {'prec':>6s} {'mIoU':>5s} {'sec':>5s}")
+            print(
+                f"  {'image':10s} {'size':>9s} {'ref':>4s} {'pred':>4s} {'match':>5s} "
+                f"{'recall':>6s} {'prec':>6s} {'mIoU':>5s} {'sec':>5s}"
+            )
         for image_id, (rgby, reference) in samples.items():
             image, ref = path_inputs(rgby, reference, path)
             start = time.perf_counter()
@@ -122,7 +125,9 @@ def evaluate(producer: MapProducer, paths: list[str], verbose: bool = True) -> d
             seconds = time.perf_counter() - start
             m = match_cells(ref, labels)
             total = Match(
-                total.n_ref + m.n_ref, total.n_pred + m.n_pred, total.matched + m.matched,
+                total.n_ref + m.n_ref,
+                total.n_pred + m.n_pred,
+                total.matched + m.matched,
                 np.concatenate([total.best_iou, m.best_iou]),
             )
             if verbose:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from hpa_pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
-    from hpa_pipeline.train.loop import TrainingData
+    from hpa_pipeline.settings import ModelData
 
 log = logging.getLogger("hpa_pipeline")
 
@@ -48,7 +48,7 @@ def _demo_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 @subcommand("demo-data", "write the synthetic demo dataset", _demo_data_arguments)
 def _demo_data(args: argparse.Namespace) -> None:
-    from hpa_pipeline.synth import write_demo_dataset
+    from hpa_pipeline.data.synth import write_demo_dataset
 
     write_demo_dataset(
         args.out,
@@ -72,7 +72,8 @@ def _index_arguments(parser: argparse.ArgumentParser) -> None:
 
 @subcommand("index", "check a dataset's files and assign its images to shards", _index_arguments)
 def _index(args: argparse.Namespace) -> None:
-    from hpa_pipeline.preprocess.index import build_index, write_index
+    from hpa_pipeline.data.index import build_index
+    from hpa_pipeline.io.index import write_index
 
     index = build_index(args.images, args.table, args.kind, args.shards)
     write_index(args.out, index)
@@ -97,7 +98,7 @@ def _resize_arguments(parser: argparse.ArgumentParser) -> None:
 
 @subcommand("resize", "decode a shard's images once and resize them to every size", _resize_arguments)
 def _resize(args: argparse.Namespace) -> None:
-    from hpa_pipeline.preprocess.index import read_index, shard_ids
+    from hpa_pipeline.io.index import read_index, shard_ids
     from hpa_pipeline.preprocess.resize import resize_shard
 
     image_ids = shard_ids(read_index(args.index), args.shard)
@@ -122,10 +123,10 @@ def _segment_arguments(parser: argparse.ArgumentParser) -> None:
 
 @subcommand("segment", "make the cell label masks of a shard", _segment_arguments)
 def _segment(args: argparse.Namespace) -> None:
-    from hpa_pipeline.preprocess.index import read_index, shard_ids
+    from hpa_pipeline.io.index import read_index, shard_ids
+    from hpa_pipeline.nets.devices import claim_device, configure_threads
     from hpa_pipeline.preprocess.masks import segment_shard
     from hpa_pipeline.preprocess.segment import create_producer
-    from hpa_pipeline.train.devices import claim_device, configure_threads
 
     configure_threads(args.threads)
     image_ids = shard_ids(read_index(args.index), args.shard)
@@ -186,12 +187,15 @@ def _folds_arguments(parser: argparse.ArgumentParser) -> None:
 
 @subcommand("folds", "assign a training dataset's images to multilabel-stratified folds", _folds_arguments)
 def _folds(args: argparse.Namespace) -> None:
+    from hpa_pipeline.io.folds import write_folds
+    from hpa_pipeline.io.index import read_index
     from hpa_pipeline.labels import labels_to_matrix, parse_labels
-    from hpa_pipeline.preprocess.index import read_index
-    from hpa_pipeline.train.folds import make_folds, write_folds
+    from hpa_pipeline.train.folds import make_folds
 
     index = read_index(args.index)
-    labels = labels_to_matrix([parse_labels(text, f"{args.index} (ID {i})") for i, text in zip(index["ID"], index["Label"])])
+    labels = labels_to_matrix(
+        [parse_labels(text, f"{args.index} (ID {i})") for i, text in zip(index["ID"], index["Label"])]
+    )
     write_folds(args.out, index["ID"].tolist(), make_folds(labels, args.n_folds, args.seed))
 
 
@@ -207,12 +211,17 @@ def _model_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1)
 
 
-def _training_data(args: argparse.Namespace) -> TrainingData:
-    from hpa_pipeline.train.loop import TrainingData
+def _model_data(args: argparse.Namespace) -> ModelData:
+    from hpa_pipeline.settings import ModelData
 
-    return TrainingData(
-        index_paths=args.index, folds_paths=args.folds, cells_paths=args.cells, images_paths=args.images,
-        masks_paths=args.masks, crops_paths=args.crops, pseudo_labels=getattr(args, "pseudo_labels", None),
+    return ModelData(
+        index_paths=args.index,
+        folds_paths=args.folds,
+        cells_paths=args.cells,
+        images_paths=args.images,
+        masks_paths=args.masks,
+        crops_paths=args.crops,
+        pseudo_labels=getattr(args, "pseudo_labels", None),
         init_checkpoint=getattr(args, "init_checkpoint", None),
     )
 
@@ -228,27 +237,29 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 @subcommand("train", "train one model on one fold (resumes from its last epoch)", _train_arguments)
 def _train(args: argparse.Namespace) -> None:
+    from hpa_pipeline.settings import ModelSettings
     from hpa_pipeline.train.loop import train_model
-    from hpa_pipeline.train.settings import ModelSettings
 
     settings = ModelSettings.from_json(args.settings)
-    train_model(settings, args.fold, _training_data(args), args.out_dir, args.checkpoint_dir, args.device, args.threads)
+    train_model(settings, args.fold, _model_data(args), args.out_dir, args.checkpoint_dir, args.device, args.threads)
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     _model_data_arguments(parser)
     parser.add_argument("--checkpoint", required=True, type=Path, help="the model's final.pt")
-    parser.add_argument("--fold", type=int, help="predict this held-out fold of the training images; omit for the test set")
+    parser.add_argument(
+        "--fold", type=int, help="predict this held-out fold of the training images; omit for the test set"
+    )
     parser.add_argument("--out", required=True, type=Path)
 
 
 @subcommand("predict", "predict the held-out fold or the test set with D4 test-time augmentation", _predict_arguments)
 def _predict(args: argparse.Namespace) -> None:
-    from hpa_pipeline.inference import predict_split
-    from hpa_pipeline.train.settings import ModelSettings
+    from hpa_pipeline.predict import predict_split
+    from hpa_pipeline.settings import ModelSettings
 
     settings = ModelSettings.from_json(args.settings)
-    predict_split(settings, args.checkpoint, _training_data(args), args.out, args.fold, args.device, args.threads)
+    predict_split(settings, args.checkpoint, _model_data(args), args.out, args.fold, args.device, args.threads)
 
 
 def _concat_arguments(parser: argparse.ArgumentParser) -> None:
@@ -260,7 +271,7 @@ def _concat_arguments(parser: argparse.ArgumentParser) -> None:
 
 @subcommand("concat", "join a model's held-out fold predictions into out-of-fold predictions", _concat_arguments)
 def _concat(args: argparse.Namespace) -> None:
-    from hpa_pipeline.ensemble import concat_fold_stores
+    from hpa_pipeline.predict import concat_fold_stores
 
     concat_fold_stores(args.parts, args.index, args.out, args.model)
 
@@ -276,11 +287,9 @@ def _average_arguments(parser: argparse.ArgumentParser) -> None:
 
 @subcommand("average", "average models' out-of-fold predictions into an ensemble (pseudo labels)", _average_arguments)
 def _average(args: argparse.Namespace) -> None:
-    from hpa_pipeline.ensemble import average_predictions
-    from hpa_pipeline.predictions import read_predictions, write_predictions
+    from hpa_pipeline.ensemble import average_ensemble
 
-    average = average_predictions([read_predictions(path) for path in args.members], [str(path) for path in args.members])
-    write_predictions(args.out, average, ensemble=args.name, members=[str(path) for path in args.members])
+    average_ensemble(args.members, args.name, args.out)
 
 
 def _submit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -293,12 +302,21 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path)
 
 
-@subcommand("submit", "average the test predictions, scale by cell area and write the submission CSV", _submit_arguments)
+@subcommand(
+    "submit", "average the test predictions, scale by cell area and write the submission CSV", _submit_arguments
+)
 def _submit(args: argparse.Namespace) -> None:
-    from hpa_pipeline.submit import make_submission
+    from hpa_pipeline.submit.submission import make_submission
 
-    make_submission(args.predictions, args.cells, args.masks, args.index, args.edge_area_threshold,
-                    args.center_area_threshold, args.out)
+    make_submission(
+        args.predictions,
+        args.cells,
+        args.masks,
+        args.index,
+        args.edge_area_threshold,
+        args.center_area_threshold,
+        args.out,
+    )
 
 
 def _validate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -308,12 +326,14 @@ def _validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, help="also write the report here (JSON)")
 
 
-@subcommand("validate-submission", "check a submission against the test images, decoding every mask", _validate_arguments)
+@subcommand(
+    "validate-submission", "check a submission against the test images, decoding every mask", _validate_arguments
+)
 def _validate(args: argparse.Namespace) -> None:
     import json
 
     from hpa_pipeline.io.files import write_text_atomic
-    from hpa_pipeline.submit import check_submission
+    from hpa_pipeline.submit.validation import check_submission
 
     report = check_submission(args.submission, args.images, args.table)
     log.info("valid: %s", report.to_dict())
@@ -325,7 +345,9 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", nargs=3, action="append", default=[], metavar=("NAME", "STAGE", "OOF"))
     parser.add_argument("--ensemble", nargs=3, action="append", default=[], metavar=("NAME", "STAGE", "OOF"))
     parser.add_argument("--submission", type=Path)
-    parser.add_argument("--masks", required=True, type=Path, nargs="+", help="the training datasets' segmentation stores")
+    parser.add_argument(
+        "--masks", required=True, type=Path, nargs="+", help="the training datasets' segmentation stores"
+    )
     parser.add_argument("--test-masks", type=Path, nargs="+", default=[], help="the test set's segmentation stores")
     parser.add_argument("--truth", required=True, type=Path, help="folder with cells.csv and {split}/{ID}_cellmask.png")
     parser.add_argument("--seed", type=int, default=0, help="seed of the chance reference's random scores")
@@ -335,12 +357,18 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 @subcommand("evaluate", "score models, ensembles and the submission against per-cell truth", _evaluate_arguments)
 def _evaluate(args: argparse.Namespace) -> None:
-    from hpa_pipeline.evaluation import evaluate_run
+    from hpa_pipeline.submit.evaluation import evaluate_run
 
     evaluate_run(
         {name: (int(stage), Path(path)) for name, stage, path in args.model},
         {name: (int(stage), Path(path)) for name, stage, path in args.ensemble},
-        args.submission, args.masks, args.truth, args.out_json, args.out_tsv, args.test_masks, args.seed,
+        args.submission,
+        args.masks,
+        args.truth,
+        args.out_json,
+        args.out_tsv,
+        args.test_masks,
+        args.seed,
     )
 
 
@@ -366,7 +394,9 @@ def _plot_metrics_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path)
 
 
-@subcommand("plot-metrics", "plot the metric of every model, ensemble and the submission by stage", _plot_metrics_arguments)
+@subcommand(
+    "plot-metrics", "plot the metric of every model, ensemble and the submission by stage", _plot_metrics_arguments
+)
 def _plot_metrics(args: argparse.Namespace) -> None:
     from hpa_pipeline.report import plot_stage_metrics
 

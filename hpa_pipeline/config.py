@@ -1,4 +1,5 @@
-"""The workflow configuration: cross-checks a JSON schema cannot express, and resolved model settings.
+"""The workflow configuration (read by rules/common.smk): cross-checks a JSON schema cannot express,
+resolved model settings and stages.
 
 The Snakefile validates the config against ``schemas/config.schema.yaml`` first (types, names, ranges)
 and then calls :func:`check_config`, so every mistake is reported before any job starts, naming the key.
@@ -13,10 +14,7 @@ import json
 from typing import Any
 
 from hpa_pipeline.errors import ConfigError
-
-#: Settings only meaningful for one kind of model.
-IMAGE_ONLY = frozenset({"crop_size", "focal_gamma", "consistency_weight", "hflip"})
-CELL_ONLY: frozenset[str] = frozenset()
+from hpa_pipeline.settings import kind_only_settings, required_settings
 
 
 def train_datasets(config: dict[str, Any]) -> list[str]:
@@ -74,7 +72,8 @@ def check_config(config: dict[str, Any]) -> None:
         source = settings["source"]
         if source != "original" and source not in sizes:
             raise ConfigError(
-                f"segment.inputs.{dataset}.source: {source} is neither 'original' nor one of preprocess.image_sizes {sizes}"
+                f"segment.inputs.{dataset}.source: {source} is neither 'original' "
+                f"nor one of preprocess.image_sizes {sizes}"
             )
     if config["segment"]["backend"] == "hpacellseg":
         weights = config["segment"].get("hpacellseg") or {}
@@ -97,12 +96,14 @@ def _check_models(config: dict[str, Any], sizes: list[int], crop_sizes: list[int
         settings = resolve_model(config, name)
         where = f"models.{name}"
         kind = settings["kind"]
-        for key in ("backbone", "epochs", "batch_size", "lr"):
+        for key in required_settings():
             if key not in settings:
                 raise ConfigError(f"{where}.{key} is not set (neither on the model nor in model_defaults.{kind})")
-        foreign = sorted(set(settings) & (CELL_ONLY if kind == "image" else IMAGE_ONLY))
+        foreign = sorted(set(settings) & kind_only_settings(kind))
         if foreign:
-            raise ConfigError(f"{where}: {', '.join(foreign)} only apply to {'cell' if kind == 'image' else 'image'} models")
+            raise ConfigError(
+                f"{where}: {', '.join(foreign)} only apply to {'cell' if kind == 'image' else 'image'} models"
+            )
         allowed = sizes if kind == "image" else crop_sizes
         if settings["image_size"] not in allowed:
             what = "preprocess.image_sizes" if kind == "image" else "preprocess.crop_image_sizes"
@@ -111,7 +112,9 @@ def _check_models(config: dict[str, Any], sizes: list[int], crop_sizes: list[int
             if "crop_size" not in settings:
                 raise ConfigError(f"{where}.crop_size is not set (neither on the model nor in model_defaults.image)")
             if settings["crop_size"] > settings["image_size"]:
-                raise ConfigError(f"{where}.crop_size {settings['crop_size']} exceeds its image_size {settings['image_size']}")
+                raise ConfigError(
+                    f"{where}.crop_size {settings['crop_size']} exceeds its image_size {settings['image_size']}"
+                )
         init_from = settings.get("init_from")
         if init_from is not None:
             if init_from not in models:
@@ -125,7 +128,9 @@ def _check_models(config: dict[str, Any], sizes: list[int], crop_sizes: list[int
                     )
         pseudo = settings.get("pseudo_labels")
         if pseudo is not None and pseudo not in ensembles:
-            raise ConfigError(f"{where}.pseudo_labels: unknown ensemble {pseudo!r} (ensembles: {', '.join(ensembles) or 'none'})")
+            raise ConfigError(
+                f"{where}.pseudo_labels: unknown ensemble {pseudo!r} (ensembles: {', '.join(ensembles) or 'none'})"
+            )
     for name, members in ensembles.items():
         for member in members:
             if member not in models:
@@ -155,8 +160,10 @@ def _check_acyclic(config: dict[str, Any]) -> None:
         if state.get(name) == 2:
             return
         if state.get(name) == 1:
-            cycle = path[path.index(name):] + [name]
-            raise ConfigError(f"models depend on each other in a cycle: {' -> '.join(cycle)} (via init_from / pseudo_labels)")
+            cycle = path[path.index(name) :] + [name]
+            raise ConfigError(
+                f"models depend on each other in a cycle: {' -> '.join(cycle)} (via init_from / pseudo_labels)"
+            )
         state[name] = 1
         for dependency in dependencies(name):
             visit(dependency, path + [name])

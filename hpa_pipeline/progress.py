@@ -31,6 +31,4 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: s
     stream = sys.stderr
     if stream.isatty():
         return iter(tqdm(iterable, desc=desc, total=total, unit=unit, file=stream))
-    return iter(
-        tqdm(iterable, desc=desc, total=total, unit=unit, file=_LineWriter(stream), mininterval=30, ascii=True)
-    )
+    return iter(tqdm(iterable, desc=desc, total=total, unit=unit, file=_LineWriter(stream), mininterval=30, ascii=True))

@@ -67,8 +67,13 @@ def plot_stage_metrics(metrics_tsv: Path, out_path: Path) -> None:
     figure, axis = plt.subplots(figsize=(max(7, 0.55 * len(table) + 2.5), 4.5))
     positions = np.arange(len(table))
     axis.bar(positions, table["cell_map"], color=[colours[what] for what in table["what"]])
-    axis.set_xticks(positions, [f"{name}\n(stage {stage})" for name, stage in zip(table["name"], table["stage"])],
-                    rotation=60, ha="right", fontsize=7)
+    axis.set_xticks(
+        positions,
+        [f"{name}\n(stage {stage})" for name, stage in zip(table["name"], table["stage"])],
+        rotation=60,
+        ha="right",
+        fontsize=7,
+    )
     axis.set_ylabel("cell mAP (IoU 0.6)")
     # the metric of the weakest row sets the floor: differences between stages are a few points
     lowest = min([*table["cell_map"], *references["cell_map"]], default=0.0)
@@ -76,11 +81,15 @@ def plot_stage_metrics(metrics_tsv: Path, out_path: Path) -> None:
     handles = [Patch(color=colour, label=what) for what, colour in colours.items()]
     styles = {"train": ":", "test": "--"}
     for reference in references.itertuples():
-        handles.append(axis.axhline(
-            reference.cell_map, color="black" if reference.name == "ceiling" else "grey",
-            linestyle=styles.get(reference.scored_on, "-"), linewidth=1.2,
-            label=f"{reference.name} ({reference.scored_on}) {reference.cell_map:.3f}",
-        ))
+        handles.append(
+            axis.axhline(
+                reference.cell_map,
+                color="black" if reference.name == "ceiling" else "grey",
+                linestyle=styles.get(reference.scored_on, "-"),
+                linewidth=1.2,
+                label=f"{reference.name} ({reference.scored_on}) {reference.cell_map:.3f}",
+            )
+        )
     axis.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axis.set_title("competition metric: models and ensembles out-of-fold (train), submission (test)")
     _save(figure, out_path)

@@ -13,6 +13,7 @@ from hpa_pipeline.config import (
     train_datasets,
 )
 from hpa_pipeline.errors import ConfigError
+from hpa_pipeline.settings import model_stores
 
 try:
     check_config(config)
@@ -66,6 +67,7 @@ def label_table(dataset):
 
 
 def index_kind(dataset):
+    """The index's table kind: the test set's sample_submission.csv, or a labelled table."""
     return "test" if dataset == "test" else "train"
 
 
@@ -160,24 +162,40 @@ def model_settings_json(wildcards):
     return settings_json(model_settings(wildcards.model))
 
 
+# Each path helper also makes the rules' output patterns when given wildcards, e.g. model_dir("{model}", "{fold}").
+
+
 def model_dir(model, fold):
     return f"results/models/{model}/fold{fold}"
+
+
+def model_file(model, fold, name):
+    """A training output (final.pt, metrics.csv, run.yaml) or a prediction store (valid.zarr, test.zarr)."""
+    return f"{model_dir(model, fold)}/{name}"
+
+
+def checkpoint_dir(model, fold):
+    return f"results/checkpoints/{model}/fold{fold}"
+
+
+def oof_store(model):
+    return f"results/models/{model}/oof.zarr"
 
 
 def ensemble_store(name):
     return f"results/ensembles/{name}/oof.zarr"
 
 
+#: The per-dataset stores a model may read, by the names hpa_pipeline.settings.model_stores gives.
+MODEL_STORE_PATHS = {"images": images_store, "masks": resized_masks_store, "crops": crops_store}
+
+
 def model_data(model, datasets):
-    """The stores a model reads for the given datasets (images and masks, or crops)."""
+    """The stores a model reads for the given datasets: the cell tables and what its kind needs."""
     settings = model_settings(model)
-    size = settings["image_size"]
     data = {"cells": all_shards(cells_store, datasets)}
-    if settings["kind"] == "image":
-        data["images"] = all_shards(images_store, datasets, size)
-        data["masks"] = all_shards(resized_masks_store, datasets, size)
-    else:
-        data["crops"] = all_shards(crops_store, datasets, size)
+    for name in model_stores(settings["kind"]):
+        data[name] = all_shards(MODEL_STORE_PATHS[name], datasets, settings["image_size"])
     return data
 
 
@@ -197,7 +215,7 @@ def training_inputs(wildcards):
     if settings.get("pseudo_labels"):
         inputs["pseudo_labels"] = ensemble_store(settings["pseudo_labels"])
     if settings.get("init_from"):
-        inputs["init_checkpoint"] = f"{model_dir(settings['init_from'], wildcards.fold)}/final.pt"
+        inputs["init_checkpoint"] = model_file(settings["init_from"], wildcards.fold, "final.pt")
     return inputs
 
 
@@ -219,25 +237,41 @@ def data_options(wildcards, input):
 
 def model_outputs():
     """Out-of-fold predictions of every model and ensemble, test predictions of the submission's members."""
-    outputs = [f"results/models/{model}/oof.zarr" for model in MODELS]
+    outputs = [oof_store(model) for model in MODELS]
     outputs += [ensemble_store(name) for name in ENSEMBLES]
     return outputs + submission_predictions()
 
 
 def submission_predictions():
-    return [f"{model_dir(model, fold)}/test.zarr" for model in SUBMISSION["members"] for fold in FOLDS]
+    return [model_file(model, fold, "test.zarr") for model in SUBMISSION["members"] for fold in FOLDS]
+
+
+# ---------------------------------------------------------------------------- submission and report
+SUBMISSION_CSV = "results/submission.csv"
+SUBMISSION_CHECK = "results/submission_check.json"
+METRICS_JSON = "results/metrics.json"
+METRICS_TSV = "results/metrics.tsv"
+METRICS_PLOT = "results/report/metrics.png"
+
+
+def training_plot(model):
+    return f"results/report/training/{model}.png"
+
+
+def segmentation_plot(dataset):
+    return f"results/report/segmentation/{dataset}.png"
 
 
 def submission_outputs():
-    outputs = ["results/submission.csv", "results/submission_check.json"]
-    outputs += [f"results/report/training/{model}.png" for model in MODELS]
-    outputs += [f"results/report/segmentation/{dataset}.png" for dataset in ("train", "test")]
+    outputs = [SUBMISSION_CSV, SUBMISSION_CHECK]
+    outputs += [training_plot(model) for model in MODELS]
+    outputs += [segmentation_plot(dataset) for dataset in ("train", "test")]
     if TRUTH_DIR:
-        outputs += ["results/metrics.json", "results/metrics.tsv", "results/report/metrics.png"]
+        outputs += [METRICS_JSON, METRICS_TSV, METRICS_PLOT]
     return outputs
 
 
 def evaluation_options(wildcards, input):
-    options = [f"--model {name} {model_stage(config, name)} results/models/{name}/oof.zarr" for name in MODELS]
+    options = [f"--model {name} {model_stage(config, name)} {oof_store(name)}" for name in MODELS]
     options += [f"--ensemble {name} {ensemble_stage(config, name)} {ensemble_store(name)}" for name in ENSEMBLES]
     return " ".join(options)

@@ -35,9 +35,10 @@ rule index_images:
         images=lambda wildcards: image_dir(wildcards.dataset),
         table=lambda wildcards: label_table(wildcards.dataset),
     output:
-        "results/{dataset}/index.csv",
+        index_csv("{dataset}"),
     params:
-        shards=lambda wildcards: config["shards"][wildcards.dataset],
+        kind=lambda wildcards: index_kind(wildcards.dataset),
+        shards=lambda wildcards: n_shards(wildcards.dataset),
     log:
         "logs/index_images/{dataset}.log",
     benchmark:
@@ -45,5 +46,5 @@ rule index_images:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "hpa-pipeline index --images {input.images} --table {input.table} --kind {wildcards.dataset} "
+        "hpa-pipeline index --images {input.images} --table {input.table} --kind {params.kind} "
         "--shards {params.shards} --out {output} > {log} 2>&1"

@@ -3,9 +3,9 @@
 
 rule average_ensemble:
     input:
-        lambda wildcards: [f"results/models/{member}/oof.zarr" for member in ENSEMBLES[wildcards.ensemble]],
+        lambda wildcards: [oof_store(member) for member in ENSEMBLES[wildcards.ensemble]],
     output:
-        directory("results/ensembles/{ensemble}/oof.zarr"),
+        directory(ensemble_store("{ensemble}")),
     log:
         "logs/average_ensemble/{ensemble}.log",
     benchmark:

@@ -4,9 +4,9 @@
 rule predict_valid:
     input:
         unpack(validation_inputs),
-        checkpoint="results/models/{model}/fold{fold}/final.pt",
+        checkpoint=model_file("{model}", "{fold}", "final.pt"),
     output:
-        directory("results/models/{model}/fold{fold}/valid.zarr"),
+        directory(model_file("{model}", "{fold}", "valid.zarr")),
     params:
         settings=model_settings_json,
         data=data_options,
@@ -28,10 +28,10 @@ rule predict_valid:
 
 rule concat_valid:
     input:
-        parts=expand("results/models/{{model}}/fold{fold}/valid.zarr", fold=FOLDS),
+        parts=[model_file("{model}", fold, "valid.zarr") for fold in FOLDS],
         index=[index_csv(dataset) for dataset in TRAIN_DATASETS],
     output:
-        directory("results/models/{model}/oof.zarr"),
+        directory(oof_store("{model}")),
     log:
         "logs/concat_valid/{model}.log",
     benchmark:
@@ -46,9 +46,9 @@ rule concat_valid:
 rule predict_test:
     input:
         unpack(test_inputs),
-        checkpoint="results/models/{model}/fold{fold}/final.pt",
+        checkpoint=model_file("{model}", "{fold}", "final.pt"),
     output:
-        directory("results/models/{model}/fold{fold}/test.zarr"),
+        directory(model_file("{model}", "{fold}", "test.zarr")),
     params:
         settings=model_settings_json,
         data=data_options,

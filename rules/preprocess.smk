@@ -6,7 +6,7 @@ rule resize_image:
         index=lambda wildcards: index_csv(wildcards.dataset),
         images=lambda wildcards: image_dir(wildcards.dataset),
     output:
-        directory(expand("results/{{dataset}}/images_{size}/shard-{{shard}}.zarr", size=IMAGE_SIZES)),
+        directory([images_store("{dataset}", size, "{shard}") for size in IMAGE_SIZES]),
     params:
         sizes=" ".join(str(size) for size in IMAGE_SIZES),
     threads: 2
@@ -26,7 +26,7 @@ rule segment:
         index=lambda wildcards: index_csv(wildcards.dataset),
         source=segment_source_input,
     output:
-        directory("results/{dataset}/masks/shard-{shard}.zarr"),
+        directory(masks_store("{dataset}", "{shard}")),
     params:
         source_option=segment_source_option,
         scale_factor=lambda wildcards: segment_settings(wildcards.dataset)["scale_factor"],
@@ -53,8 +53,8 @@ rule resize_masks:
     input:
         masks=lambda wildcards: masks_store(wildcards.dataset, wildcards.shard),
     output:
-        masks=directory(expand("results/{{dataset}}/masks_{size}/shard-{{shard}}.zarr", size=IMAGE_SIZES)),
-        cells=directory("results/{dataset}/cells/shard-{shard}.zarr"),
+        masks=directory([resized_masks_store("{dataset}", size, "{shard}") for size in IMAGE_SIZES]),
+        cells=directory(cells_store("{dataset}", "{shard}")),
     params:
         sizes=" ".join(str(size) for size in IMAGE_SIZES),
     log:
@@ -74,7 +74,7 @@ rule crop_cells:
         masks=lambda wildcards: resized_masks_store(wildcards.dataset, wildcards.size, wildcards.shard),
         cells=lambda wildcards: cells_store(wildcards.dataset, wildcards.shard),
     output:
-        directory("results/{dataset}/crops_{size}/shard-{shard}.zarr"),
+        directory(crops_store("{dataset}", "{size}", "{shard}")),
     params:
         crop_size=config["preprocess"]["crop_size"],
     log:

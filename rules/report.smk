@@ -3,10 +3,10 @@
 
 rule plot_training_curves:
     input:
-        expand("results/models/{{model}}/fold{fold}/metrics.csv", fold=FOLDS),
+        [model_file("{model}", fold, "metrics.csv") for fold in FOLDS],
     output:
         report(
-            "results/report/training/{model}.png",
+            training_plot("{model}"),
             caption="../report/training.rst",
             category="Training curves",
             labels={"model": "{model}"},
@@ -26,9 +26,9 @@ rule plot_training_curves:
 
 rule plot_metrics:
     input:
-        "results/metrics.tsv",
+        METRICS_TSV,
     output:
-        report("results/report/metrics.png", caption="../report/metrics.rst", category="Metrics"),
+        report(METRICS_PLOT, caption="../report/metrics.rst", category="Metrics"),
     log:
         "logs/plot_metrics/plot_metrics.log",
     benchmark:
@@ -45,7 +45,7 @@ rule plot_segmentation:
         masks=lambda wildcards: resized_masks_store(wildcards.dataset, min(IMAGE_SIZES), 0),
     output:
         report(
-            "results/report/segmentation/{dataset}.png",
+            segmentation_plot("{dataset}"),
             caption="../report/segmentation.rst",
             category="Segmentation",
             labels={"dataset": "{dataset}"},

@@ -8,7 +8,7 @@ rule make_submission:
         masks=all_shards(masks_store, ["test"]),
         index=index_csv("test"),
     output:
-        "results/submission.csv",
+        SUBMISSION_CSV,
     params:
         edge=SUBMISSION["edge_area_threshold"],
         center=SUBMISSION["center_area_threshold"],
@@ -26,11 +26,11 @@ rule make_submission:
 
 rule validate_submission:
     input:
-        submission="results/submission.csv",
+        submission=SUBMISSION_CSV,
         images=image_dir("test"),
         table=label_table("test"),
     output:
-        "results/submission_check.json",
+        SUBMISSION_CHECK,
     log:
         "logs/validate_submission/validate_submission.log",
     benchmark:
@@ -44,15 +44,15 @@ rule validate_submission:
 
 rule evaluate:
     input:
-        oof=[f"results/models/{model}/oof.zarr" for model in MODELS],
+        oof=[oof_store(model) for model in MODELS],
         ensembles=[ensemble_store(name) for name in ENSEMBLES],
-        submission="results/submission.csv",
+        submission=SUBMISSION_CSV,
         masks=all_shards(masks_store, TRAIN_DATASETS),
         test_masks=all_shards(masks_store, ["test"]),
         truth=TRUTH_DIR or [],
     output:
-        json="results/metrics.json",
-        tsv=report("results/metrics.tsv", caption="../report/metrics.rst", category="Metrics"),
+        json=METRICS_JSON,
+        tsv=report(METRICS_TSV, caption="../report/metrics.rst", category="Metrics"),
     params:
         scored=evaluation_options,
         seed=config["seed"],

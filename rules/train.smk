@@ -5,7 +5,7 @@ rule make_folds:
     input:
         index=lambda wildcards: index_csv(wildcards.dataset),
     output:
-        "results/folds/{dataset}.csv",
+        folds_csv("{dataset}"),
     params:
         n_folds=N_FOLDS,
         seed=config["seed"],
@@ -24,13 +24,13 @@ rule train_model:
     input:
         unpack(training_inputs),
     output:
-        model="results/models/{model}/fold{fold}/final.pt",
-        metrics="results/models/{model}/fold{fold}/metrics.csv",
-        run="results/models/{model}/fold{fold}/run.yaml",
+        model=model_file("{model}", "{fold}", "final.pt"),
+        metrics=model_file("{model}", "{fold}", "metrics.csv"),
+        run=model_file("{model}", "{fold}", "run.yaml"),
     params:
         settings=model_settings_json,
         data=data_options,
-        checkpoint_dir="results/checkpoints/{model}/fold{fold}",
+        checkpoint_dir=checkpoint_dir("{model}", "{fold}"),
         out_dir=lambda wildcards, output: os.path.dirname(output.model),
         device=config.get("train_device", "auto"),
     threads: 4

@@ -8,11 +8,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
+
+
 def _find_realdata() -> Path:
     """The shared real samples: $HPA_REALDATA, else ../shared next to the checkout, else /work/shared."""
-    candidates = [os.environ.get("HPA_REALDATA"), REPO.parent / "shared/realdata/hpa_samples", "/work/shared/realdata/hpa_samples"]
+    candidates = [
+        os.environ.get("HPA_REALDATA"),
+        REPO.parent / "shared/realdata/hpa_samples",
+        "/work/shared/realdata/hpa_samples",
+    ]
     for candidate in candidates:
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
@@ -41,7 +48,9 @@ def write_rgby(directory: Path, image_id: str, image: np.ndarray) -> None:
         assert cv2.imwrite(str(directory / f"{image_id}_{channel}.png"), plane)
 
 
-def blob_image(height: int, width: int, centers: list[tuple[int, int]], radius: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def blob_image(
+    height: int, width: int, centers: list[tuple[int, int]], radius: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """A (4, H, W) image of round cells with nuclei and the matching label mask."""
     rng = np.random.default_rng(seed)
     labels = np.zeros((height, width), dtype=np.uint16)
@@ -71,7 +80,8 @@ def tiny_dataset(tmp_path: Path) -> Path:
     write_rgby(root / "test", "test0", blob_image(96, 96, [(40, 40)], radius=16)[0])
     write_rgby(root / "test", "test1", blob_image(80, 120, [(40, 60)], radius=16)[0])
     (root / "sample_submission.csv").write_text(
-        "ID,ImageWidth,ImageHeight,PredictionString\ntest0,96,96,0 1 eNoLCAgIMAEABJkBdQ==\ntest1,120,80,0 1 eNoLCAgIMAEABJkBdQ==\n"
+        "ID,ImageWidth,ImageHeight,PredictionString\n"
+        "test0,96,96,0 1 eNoLCAgIMAEABJkBdQ==\ntest1,120,80,0 1 eNoLCAgIMAEABJkBdQ==\n"
     )
     return root
 
@@ -80,14 +90,16 @@ def tiny_dataset(tmp_path: Path) -> Path:
 def demo_stores(tmp_path_factory) -> dict:
     """Preprocessed stores of a small synthetic dataset (2 train shards, 1 test shard), built with the
     package's own stage functions: the inputs of the learning-core tests."""
+    from hpa_pipeline.data.index import build_index
+    from hpa_pipeline.data.synth import write_demo_dataset
+    from hpa_pipeline.io.folds import write_folds
+    from hpa_pipeline.io.index import shard_ids, write_index
     from hpa_pipeline.labels import labels_to_matrix, parse_labels
     from hpa_pipeline.preprocess.crops import crop_shard
-    from hpa_pipeline.preprocess.index import build_index, shard_ids, write_index
     from hpa_pipeline.preprocess.masks import resize_masks_shard, segment_shard
     from hpa_pipeline.preprocess.resize import resize_shard
     from hpa_pipeline.preprocess.segment import create_producer
-    from hpa_pipeline.synth import write_demo_dataset
-    from hpa_pipeline.train.folds import make_folds, write_folds
+    from hpa_pipeline.train.folds import make_folds
 
     root = tmp_path_factory.mktemp("demo_stores")
     data = root / "data"
@@ -103,8 +115,19 @@ def demo_stores(tmp_path_factory) -> dict:
             base = root / dataset
             resize_shard(data / dataset, ids, [96], [base / f"images_96/shard-{shard}.zarr"])
             segment_shard(ids, base / f"masks/shard-{shard}.zarr", producer, 0.125, image_dir=data / dataset)
-            resize_masks_shard(base / f"masks/shard-{shard}.zarr", [96], [base / f"masks_96/shard-{shard}.zarr"], base / f"cells/shard-{shard}.zarr")
-            crop_shard(base / f"images_96/shard-{shard}.zarr", base / f"masks_96/shard-{shard}.zarr", base / f"cells/shard-{shard}.zarr", 24, base / f"crops_96/shard-{shard}.zarr")
+            resize_masks_shard(
+                base / f"masks/shard-{shard}.zarr",
+                [96],
+                [base / f"masks_96/shard-{shard}.zarr"],
+                base / f"cells/shard-{shard}.zarr",
+            )
+            crop_shard(
+                base / f"images_96/shard-{shard}.zarr",
+                base / f"masks_96/shard-{shard}.zarr",
+                base / f"cells/shard-{shard}.zarr",
+                24,
+                base / f"crops_96/shard-{shard}.zarr",
+            )
         if dataset == "train":
             labels = labels_to_matrix([parse_labels(text) for text in index["Label"]])
             write_folds(root / "folds" / "train.csv", index["ID"].tolist(), make_folds(labels, 2, 0))
@@ -125,3 +148,15 @@ def demo_run(tmp_path_factory) -> Path:
     workdir = copy_workflow(tmp_path_factory.mktemp("demo"))
     snakemake(workdir, "submission", "--configfile", "configs/demo.yaml", "--cores", "2")
     return workdir
+
+
+class PixelwiseCAM(nn.Module):
+    """A CAM model whose output is a pixel-wise function of the input (a 1x1 conv, stride 1): pooling,
+    D4 views and CutMix commute with it exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 19, kernel_size=1, bias=False)
+
+    def forward(self, x):
+        return self.conv(x)

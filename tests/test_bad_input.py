@@ -12,8 +12,8 @@ import pytest
 import yaml
 from workflow_helpers import copy_workflow, snakemake
 
+from hpa_pipeline.data.synth import write_demo_dataset
 from hpa_pipeline.io.stores import open_store
-from hpa_pipeline.synth import write_demo_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,10 @@ def workflow(tmp_path: Path, clean_dataset: Path) -> tuple[Path, Path]:
     config["truth_dir"] = None
     config["shards"] = {"train": 1, "test": 1}
     config["preprocess"].update(image_sizes=[96], crop_image_sizes=[96], crop_size=24)
-    config["segment"]["inputs"] = {"train": {"source": 96, "scale_factor": 0.125}, "test": {"source": "original", "scale_factor": 0.125}}
+    config["segment"]["inputs"] = {
+        "train": {"source": 96, "scale_factor": 0.125},
+        "test": {"source": "original", "scale_factor": 0.125},
+    }
     for model in config["models"].values():
         model["image_size"] = 96
         if "crop_size" in model:

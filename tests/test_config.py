@@ -11,7 +11,7 @@ from hpa_pipeline.config import (
     train_datasets,
 )
 from hpa_pipeline.errors import ConfigError
-from hpa_pipeline.train.settings import ModelSettings
+from hpa_pipeline.settings import ModelSettings
 
 
 @pytest.fixture
@@ -60,10 +60,18 @@ def edit(config: dict, path: str, value) -> dict:
         ("segment.inputs.test.source", 333, "segment.inputs.test.source: 333"),
         ("models.cam_effnet_192.image_size", 100, "models.cam_effnet_192.image_size: 100"),
         ("models.cam_effnet_192.crop_size", 500, "models.cam_effnet_192.crop_size 500 exceeds"),
-        ("models.cell_resnet_192_stage2.crop_size", 32, "models.cell_resnet_192_stage2: crop_size only apply to image models"),
+        (
+            "models.cell_resnet_192_stage2.crop_size",
+            32,
+            "models.cell_resnet_192_stage2: crop_size only apply to image models",
+        ),
         ("models.cam_effnet_192.init_from", "ghost", "models.cam_effnet_192.init_from: unknown model 'ghost'"),
         ("models.cam_effnet_192.init_from", "cell_resnet_192_stage2", "a checkpoint only fits the same architecture"),
-        ("models.cam_effnet_192.pseudo_labels", "stage9", "models.cam_effnet_192.pseudo_labels: unknown ensemble 'stage9'"),
+        (
+            "models.cam_effnet_192.pseudo_labels",
+            "stage9",
+            "models.cam_effnet_192.pseudo_labels: unknown ensemble 'stage9'",
+        ),
         ("ensembles.stage1", ["cam_effnet_192", "nobody"], "ensembles.stage1: unknown model 'nobody'"),
         ("submission.members", ["cam_effnet_stage3", "stage2"], "submission.members: unknown model 'stage2'"),
         ("extra_train_sets", {"test": {"images": "x", "table": "y", "shards": 1}}, "names train and test are taken"),
@@ -81,5 +89,8 @@ def test_dependency_cycle_is_reported_with_its_path(demo_config):
 
 
 def test_train_datasets_include_the_extra_sets_in_order(demo_config):
-    demo_config["extra_train_sets"] = {"public_hpa": {"images": "a", "table": "b", "shards": 2}, "more": {"images": "c", "table": "d", "shards": 1}}
+    demo_config["extra_train_sets"] = {
+        "public_hpa": {"images": "a", "table": "b", "shards": 2},
+        "more": {"images": "c", "table": "d", "shards": 1},
+    }
     assert train_datasets(demo_config) == ["train", "public_hpa", "more"]

@@ -6,13 +6,14 @@ from conftest import blob_image, write_rgby
 from test_masks import write_masks_store
 
 from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.stores import open_store
 from hpa_pipeline.preprocess.crops import (
     CELLS_PER_SHARD,
     crop_cells_of_image,
     crop_shard,
 )
-from hpa_pipeline.preprocess.masks import read_cell_table, resize_masks_shard
+from hpa_pipeline.preprocess.masks import resize_masks_shard
 from hpa_pipeline.preprocess.resize import resize_shard
 
 
@@ -81,7 +82,10 @@ def make_shard(tmp_path: Path, n_images: int, size: int = 64, max_cells: int = 6
     labels, ids = [], []
     rng = np.random.default_rng(0)
     for i in range(n_images):
-        centers = [(int(y), int(x)) for y, x in rng.integers(12, size - 12, size=(int(rng.integers(0, max_cells)) if max_cells else 0, 2))]
+        centers = [
+            (int(y), int(x))
+            for y, x in rng.integers(12, size - 12, size=(int(rng.integers(0, max_cells)) if max_cells else 0, 2))
+        ]
         image, mask = blob_image(size, size, centers, radius=8, seed=i)
         write_rgby(root, f"im{i}", image)
         labels.append(mask)

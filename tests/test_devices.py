@@ -8,13 +8,13 @@ import time
 import pytest
 
 from hpa_pipeline.errors import ConfigError, PipelineError
-from hpa_pipeline.train.devices import amp_dtype, claim_device, configure_threads
+from hpa_pipeline.nets.devices import amp_dtype, claim_device, configure_threads
 
 # A helper process: claims one of 3 simulated GPUs, prints it, holds it until stdin closes.
 HOLDER = """
 import sys
 from pathlib import Path
-from hpa_pipeline.train.devices import claim_device
+from hpa_pipeline.nets.devices import claim_device
 claim = claim_device(lock_dir=Path(sys.argv[1]), n_cuda=3, timeout_s=float(sys.argv[2]), poll_s=0.05)
 print(claim.device, flush=True)
 sys.stdin.read()

@@ -13,16 +13,17 @@ import pytest
 from conftest import store_paths
 
 from hpa_pipeline.errors import InputDataError
-from hpa_pipeline.evaluation import (
+from hpa_pipeline.io.cells import CellTable
+from hpa_pipeline.io.predictions import PredictionSet, write_predictions
+from hpa_pipeline.io.stores import atomic_store, open_store, read_strings, write_strings
+from hpa_pipeline.labels import N_CLASSES
+from hpa_pipeline.submit.evaluation import (
     evaluate_out_of_fold,
     evaluate_references,
     evaluate_run,
     read_truth_classes,
     read_truth_mask,
 )
-from hpa_pipeline.io.stores import atomic_store, open_store, read_strings, write_strings
-from hpa_pipeline.labels import N_CLASSES
-from hpa_pipeline.predictions import PredictionSet, write_predictions
 
 
 def truth_masks_store(stores: dict, split: str, path: Path) -> Path:
@@ -46,8 +47,9 @@ def oracle_predictions(masks_paths: list[Path], truth_dir: Path, reverse_cells: 
         masks = open_store(masks_path, "masks")
         for row, image_id in enumerate(read_strings(masks, "ids")):
             truth = read_truth_mask(truth_dir, "train", image_id)
-            labels = cv2.resize(masks["labels"][str(row)][...], truth.shape[::-1],
-                                interpolation=cv2.INTER_NEAREST_EXACT)
+            labels = cv2.resize(
+                masks["labels"][str(row)][...], truth.shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT
+            )
             cells = [int(cell) for cell in np.unique(labels) if cell]
             for cell in reversed(cells) if reverse_cells else cells:
                 values, counts = np.unique(truth[(labels == cell) & (truth > 0)], return_counts=True)
@@ -59,8 +61,8 @@ def oracle_predictions(masks_paths: list[Path], truth_dir: Path, reverse_cells: 
             ids.append(image_id)
             offsets.append(len(instance))
     probs_array = np.asarray(probs, np.float32).reshape(-1, N_CLASSES, 1)
-    return PredictionSet(ids, np.asarray(offsets, np.int64), np.asarray(instance, np.int32), probs_array,
-                         np.zeros((len(ids), N_CLASSES, 1), np.float32))
+    cells = CellTable(ids, np.asarray(offsets, np.int64), np.asarray(instance, np.int32))
+    return PredictionSet(cells, probs_array, np.zeros((len(ids), N_CLASSES, 1), np.float32))
 
 
 def test_ceiling_of_the_true_segmentation_is_one(demo_stores, tmp_path):
@@ -101,8 +103,17 @@ def test_evaluate_run_writes_models_ensembles_and_references(demo_stores, tmp_pa
     truth_dir = demo_stores["data"] / "truth"
     oof = tmp_path / "oof.zarr"
     write_predictions(oof, oracle_predictions(masks, truth_dir, reverse_cells=False))
-    evaluate_run({"oracle": (1, oof)}, {"stage1": (1, oof)}, None, masks, truth_dir, tmp_path / "metrics.json",
-                 tmp_path / "metrics.tsv", test_masks_paths=store_paths(demo_stores, "test", "masks"), seed=0)
+    evaluate_run(
+        {"oracle": (1, oof)},
+        {"stage1": (1, oof)},
+        None,
+        masks,
+        truth_dir,
+        tmp_path / "metrics.json",
+        tmp_path / "metrics.tsv",
+        test_masks_paths=store_paths(demo_stores, "test", "masks"),
+        seed=0,
+    )
     with open(tmp_path / "metrics.tsv", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     assert [(row["what"], row["name"], row["stage"], row["scored_on"]) for row in rows] == [

@@ -26,8 +26,14 @@ DEMO = ("--configfile", "configs/demo.yaml", "--cores", "2")
 def run_and_kill(workdir: Path, when: Callable[[Path], bool], timeout: float = 900) -> None:
     """Run the demo and SIGKILL Snakemake and all its jobs as soon as ``when(workdir)`` holds."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    process = subprocess.Popen([str(Path(sys.executable).parent / "snakemake"), "submission", *DEMO], cwd=workdir,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "snakemake"), "submission", *DEMO],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + timeout
     try:
         while not when(workdir):
@@ -62,7 +68,9 @@ def unfinished_trainings(workdir: Path) -> list[tuple[str, str]]:
     return [
         (checkpoint.parent.parent.name, checkpoint.parent.name)
         for checkpoint in (workdir / "results").glob("checkpoints/*/fold*/last.pt")
-        if not (workdir / "results/models" / checkpoint.parent.parent.name / checkpoint.parent.name / "final.pt").exists()
+        if not (
+            workdir / "results/models" / checkpoint.parent.parent.name / checkpoint.parent.name / "final.pt"
+        ).exists()
     ]
 
 

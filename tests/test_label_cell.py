@@ -13,7 +13,11 @@ from hpa_pipeline.preprocess.label_cell import LabelCellParams, label_cell
 
 
 def voronoi_maps(
-    shape: tuple[int, int], centers: list[tuple[float, float]], cell_radius: float, nucleus_radius: float, blur: float = 2.0
+    shape: tuple[int, int],
+    centers: list[tuple[float, float]],
+    cell_radius: float,
+    nucleus_radius: float,
+    blur: float = 2.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CNN-like maps of round-ish cells (Voronoi regions cut at ``cell_radius``) with round nuclei.
 
@@ -66,7 +70,11 @@ def square_cells(
 
 def test_recovers_known_cells() -> None:
     rng = np.random.default_rng(0)
-    centers = [(y + rng.uniform(-30, 30), x + rng.uniform(-30, 30)) for y in range(128, 1024, 256) for x in range(128, 1024, 256)]
+    centers = [
+        (y + rng.uniform(-30, 30), x + rng.uniform(-30, 30))
+        for y in range(128, 1024, 256)
+        for x in range(128, 1024, 256)
+    ]
     nuclei, cells, truth = voronoi_maps((1024, 1024), centers, cell_radius=150, nucleus_radius=40)
     labels = label_cell(nuclei, cells, scale_factor=0.5)
     assert labels.dtype == np.uint16 and labels.shape == truth.shape

@@ -1,6 +1,7 @@
 import numpy as np
 from conftest import REAL_MASKS, requires_realdata
 
+from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.stores import (
     MASK_COMPRESSORS,
     atomic_store,
@@ -11,7 +12,6 @@ from hpa_pipeline.io.stores import (
 )
 from hpa_pipeline.preprocess.masks import (
     cell_properties,
-    read_cell_table,
     resize_labels_keeping_cells,
     resize_masks_shard,
 )
@@ -23,7 +23,9 @@ def write_masks_store(path, ids, labels, source_shapes):
         write_strings(group, "ids", ids)
         sub = group.create_group("labels")
         for row, mask in enumerate(labels):
-            array = sub.create_array(str(row), shape=mask.shape, dtype="uint16", chunks=mask.shape, compressors=MASK_COMPRESSORS)
+            array = sub.create_array(
+                str(row), shape=mask.shape, dtype="uint16", chunks=mask.shape, compressors=MASK_COMPRESSORS
+            )
             array[...] = mask
         write_table(group, "source_shape", np.array(source_shapes, dtype=np.int32))
         write_table(group, "n_cells", np.array([int(m.max()) for m in labels], dtype=np.int32))

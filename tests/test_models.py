@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpa_pipeline.errors import ConfigError
-from hpa_pipeline.train.models import (
+from hpa_pipeline.nets.models import (
     CAMClassifier,
     CellClassifier,
     CosineConv1x1,

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 
-from hpa_pipeline.ensemble import average_predictions, concat_folds
 from hpa_pipeline.errors import InputDataError
-from hpa_pipeline.predictions import (
+from hpa_pipeline.io.cells import CellTable
+from hpa_pipeline.io.predictions import (
     PredictionSet,
     align_to_cells,
+    average_predictions,
     read_predictions,
     select_images,
     write_predictions,
@@ -17,9 +18,12 @@ def prediction_set(cells: dict[str, list[int]], value: float = 0.0, views: int =
     counts = [len(cells[image_id]) for image_id in ids]
     n_cells = sum(counts)
     probs = np.full((n_cells, 19, views), value, np.float32) + np.arange(n_cells, dtype=np.float32)[:, None, None] / 100
-    return PredictionSet(ids, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-                         np.array([k for image_id in ids for k in cells[image_id]], np.int32), probs,
-                         np.full((len(ids), 19, views), value, np.float32))
+    table = CellTable(
+        ids,
+        np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        np.array([k for image_id in ids for k in cells[image_id]], np.int32),
+    )
+    return PredictionSet(table, probs, np.full((len(ids), 19, views), value, np.float32))
 
 
 def test_store_round_trip(tmp_path):
@@ -42,11 +46,11 @@ def test_select_reorders_cells_with_their_images():
 def test_cells_are_joined_by_identity_and_a_mismatch_names_the_image():
     left = prediction_set({"a": [1, 2], "b": [3]})
     right = prediction_set({"b": [3], "a": [1, 2]}, value=0.5)
-    aligned = align_to_cells(right, left.ids, left.offsets, left.instance, "right")
+    aligned = align_to_cells(right, left.cells, "right")
     assert aligned.ids == ["a", "b"] and aligned.instance.tolist() == [1, 2, 3]
     wrong = prediction_set({"a": [1, 3], "b": [3]})
     with pytest.raises(InputDataError, match="cells of image a differ"):
-        align_to_cells(wrong, left.ids, left.offsets, left.instance, "wrong")
+        align_to_cells(wrong, left.cells, "wrong")
 
 
 def test_average_is_equal_weight_over_members_after_averaging_views():
@@ -55,10 +59,3 @@ def test_average_is_equal_weight_over_members_after_averaging_views():
     mean = average_predictions([a, b], ["a", "b"])
     assert mean.probs.shape == (2, 19, 1)
     assert np.allclose(mean.probs[:, :, 0], (a.probs.mean(axis=2) + b.probs.mean(axis=2)) / 2)
-
-
-def test_concat_folds_gives_canonical_order():
-    fold0 = prediction_set({"b": [1], "d": []})
-    fold1 = prediction_set({"a": [4, 5], "c": [2]})
-    oof = concat_folds([fold0, fold1], ["a", "b", "c", "d"])
-    assert oof.ids == ["a", "b", "c", "d"] and oof.instance.tolist() == [4, 5, 1, 2]

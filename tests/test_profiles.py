@@ -114,7 +114,9 @@ def test_each_profile_is_one_config_yaml():
     # With both profile.yaml and config.yaml in one directory Snakemake picks either; config.yaml is
     # read by every Snakemake 9 (profile.yaml only since 9.19), as the Snakefile's min_version.
     for directory in (SLURM.parent, DEFAULT.parent):
-        names = sorted(path.name for path in directory.iterdir() if re.fullmatch(r"(profile|config)(\.v\d+\+)?\.yaml", path.name))
+        names = sorted(
+            path.name for path in directory.iterdir() if re.fullmatch(r"(profile|config)(\.v\d+\+)?\.yaml", path.name)
+        )
         assert names == ["config.yaml"], directory
 
 

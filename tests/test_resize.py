@@ -66,7 +66,12 @@ def test_resize_shard_writes_one_store_per_size(tiny_dataset, tmp_path):
         assert group["images"].shape == (3, 4, size, size)
         assert group["source_shape"][:].tolist() == [[96, 96]] * 3
         assert group["source_bit_depth"][:].tolist() == [8, 8, 8]
-    expected = resize_image(np.stack([cv2.imread(str(tiny_dataset / "train" / f"img1_{c}.png"), 0) for c in ("red", "green", "blue", "yellow")]), 64)
+    expected = resize_image(
+        np.stack(
+            [cv2.imread(str(tiny_dataset / "train" / f"img1_{c}.png"), 0) for c in ("red", "green", "blue", "yellow")]
+        ),
+        64,
+    )
     assert np.array_equal(open_store(outs[1], "images")["images"][1], expected)
 
 

@@ -101,7 +101,9 @@ def test_labelling_shape_rejects_bad_scale(scale: float) -> None:
     [((256, 256), None), ((200, 320), None), ((256, 256), (512, 512)), ((200, 320), (150, 240))],
 )
 def test_segment_image_shape_and_dtype(shape: tuple[int, int], out_shape: tuple[int, int] | None) -> None:
-    image, truth = blob_image(*shape, [(shape[0] // 3, shape[1] // 3), (2 * shape[0] // 3, 2 * shape[1] // 3)], radius=min(shape) // 6)
+    image, truth = blob_image(
+        *shape, [(shape[0] // 3, shape[1] // 3), (2 * shape[0] // 3, 2 * shape[1] // 3)], radius=min(shape) // 6
+    )
     labels = segment_image(image, create_producer("classical"), 0.125, out_shape=out_shape)
     assert labels.dtype == np.uint16
     assert labels.shape == (out_shape or shape)
@@ -315,7 +317,9 @@ def test_hpacellseg_not_a_module(weights: dict, tmp_path: Path) -> None:
     path = tmp_path / "state_dict.pth"
     torch.save(TinyUNet(0).state_dict(), path)
     with pytest.raises(ConfigError, match="not a pickled torch.nn.Module"):
-        create_producer("hpacellseg", hpacellseg={**weights, "nuclei_model": str(path), "nuclei_model_sha256": _sha256(path)})
+        create_producer(
+            "hpacellseg", hpacellseg={**weights, "nuclei_model": str(path), "nuclei_model_sha256": _sha256(path)}
+        )
 
 
 @pytest.mark.usefixtures("fake_hpacellseg")
@@ -357,7 +361,9 @@ def test_hpacellseg_end_to_end_on_cpu(weights: dict) -> None:
 
 
 @pytest.mark.usefixtures("fake_hpacellseg")
-def test_hpacellseg_module_from_missing_package_is_explained(weights: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hpacellseg_module_from_missing_package_is_explained(
+    weights: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Unpickling HPA's files imports pytorch_zoo; when that fails the error says how to install it."""
     module = types.ModuleType("fake_zoo_models")
 

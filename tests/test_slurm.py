@@ -80,7 +80,11 @@ def dead_cluster_link() -> bool:
 def skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root: starts Slurm daemons and may apt-get install their Debian packages"
-    if not Path("/etc/debian_version").exists() or shutil.which("apt-get") is None or shutil.which("dpkg-query") is None:
+    if (
+        not Path("/etc/debian_version").exists()
+        or shutil.which("apt-get") is None
+        or shutil.which("dpkg-query") is None
+    ):
         return "needs Debian with apt-get (the local cluster uses Debian's Slurm 22.05 packages)"
     if (LINK.exists() or LINK.is_symlink()) and not dead_cluster_link():
         return f"{LINK} exists: this machine has its own Slurm configuration (or another test cluster runs)"
@@ -183,7 +187,9 @@ def test_failed_start_leaves_nothing_running(tmp_path):
         assert not list((state / "pids").iterdir())
         link = Path("/etc/slurm/slurm.conf")
         assert not link.exists() and not link.is_symlink()
-        again = subprocess.run([str(SCRIPTS / "stop.sh"), "--purge"], env=env, capture_output=True, text=True, timeout=120)
+        again = subprocess.run(
+            [str(SCRIPTS / "stop.sh"), "--purge"], env=env, capture_output=True, text=True, timeout=120
+        )
         assert again.returncode == 0 and not state.exists()
     finally:
         subprocess.run([str(SCRIPTS / "stop.sh"), "--purge"], env=env, capture_output=True, timeout=120)
@@ -326,7 +332,8 @@ def parse_log(log: str) -> tuple[dict[int, SnakemakeJob], list[tuple[int, int]]]
             header, block = None, None
     close()
     submissions = [
-        (int(m.group(1)), int(m.group(2))) for m in re.finditer(r"Job (\d+) has been submitted with SLURM jobid (\d+)", log)
+        (int(m.group(1)), int(m.group(2)))
+        for m in re.finditer(r"Job (\d+) has been submitted with SLURM jobid (\d+)", log)
     ]
     return jobs, submissions
 
@@ -371,14 +378,14 @@ def slurm_demo(cluster, tmp_path_factory) -> SlurmDemo:
     # profiles/default's `cores: all`. Results depend on a job's thread count (torch's CPU reductions),
     # and inside a SLURM job Snakemake runs with `--cores all` too: this node has no CPU binding, so
     # both cap a rule's threads at this machine's CPU count and every job gets the same threads.
-    local_log = open(local_dir / "snakemake.log", "w")
+    local_log = open(local_dir / "snakemake.log", "w")  # noqa: SIM115 (closed after both runs end)
     local = subprocess.Popen(
         ["timeout", "-s", "INT", "-k", "60", str(limit_s), str(BIN / "snakemake"), target,
          "--configfile", "configs/demo.yaml"],
         cwd=local_dir, env=env, stdout=local_log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     # SIGINT on timeout: Snakemake then scancels its SLURM jobs and exits (SIGTERM would wait for them).
-    slurm_log = open(slurm_dir / "snakemake.log", "w")
+    slurm_log = open(slurm_dir / "snakemake.log", "w")  # noqa: SIM115 (closed after both runs end)
     started = time.monotonic()
     run = subprocess.Popen(
         ["timeout", "-s", "INT", "-k", "60", str(limit_s), *slurm_command(slurm_dir, target)],
@@ -428,7 +435,9 @@ def slurm_demo(cluster, tmp_path_factory) -> SlurmDemo:
         print(f"  sacct {record.jobid}|{record.comment}|{record.state}|{record.req_tres}|{record.alloc_tres}")
     for line in squeue_lines.values():
         print(f"  squeue {line}")
-    return SlurmDemo(target, slurm_dir, local_dir, log, jobs, submissions, records, cancelled, list(squeue_lines.values()), wall_s)
+    return SlurmDemo(
+        target, slurm_dir, local_dir, log, jobs, submissions, records, cancelled, list(squeue_lines.values()), wall_s
+    )
 
 
 # ------------------------------------------------------------------------------------ the checks
@@ -502,7 +511,9 @@ def zarr_arrays(store: Path) -> dict[str, np.ndarray]:
 
 
 def test_outputs_equal_a_local_run(slurm_demo):
-    stores = sorted(p.relative_to(slurm_demo.local_dir) for p in (slurm_demo.local_dir / "results").glob("*/*/shard-*.zarr"))
+    stores = sorted(
+        p.relative_to(slurm_demo.local_dir) for p in (slurm_demo.local_dir / "results").glob("*/*/shard-*.zarr")
+    )
     assert stores, "the local run wrote no preprocess stores"
     for relative in stores:
         expected, actual = zarr_arrays(slurm_demo.local_dir / relative), zarr_arrays(slurm_demo.slurm_dir / relative)

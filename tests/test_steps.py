@@ -1,28 +1,19 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import PixelwiseCAM
 from torch import nn
 
-from hpa_pipeline.predict import cell_mean_pool, d4_transform
+from hpa_pipeline.nets.d4 import d4_transform
+from hpa_pipeline.nets.models import create_model
+from hpa_pipeline.nets.pooling import cell_mean_pool
 from hpa_pipeline.train.cutmix import apply_cutmix, mixed_fraction, sample_cutmix
 from hpa_pipeline.train.losses import binary_focal_with_logits
-from hpa_pipeline.train.models import create_model
 from hpa_pipeline.train.steps import (
     cam_consistency_loss,
     cell_crop_loss,
     pseudo_targets_for_cells,
 )
-
-
-class _PixelwiseCAM(nn.Module):
-    """Stride-1 CAM from a 1x1 conv: CutMix then inverse CutMix on its output is exact."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(4, 19, kernel_size=1, bias=False)
-
-    def forward(self, x):
-        return self.conv(x)
 
 
 def _batch(seed: int = 0, batch: int = 3, size: int = 32, n_cells: int = 6):
@@ -57,7 +48,7 @@ def test_same_generator_seed_gives_the_same_loss():
 
 def test_class_loss_is_focal_loss_of_the_clean_cam_mean():
     torch.manual_seed(1)
-    model = _PixelwiseCAM()
+    model = PixelwiseCAM()
     images, labels, targets = _batch()
     parts = cam_consistency_loss(model, images, labels, targets, None, torch.Generator().manual_seed(0))
     expected = binary_focal_with_logits(model(images).mean(dim=(2, 3)), targets)
@@ -68,7 +59,7 @@ def test_stage1_target_is_detached():
     # With a pixel-wise model the heavy view's cells equal the clean ones after inverse CutMix, so
     # BCE(z, sigmoid(z)) has zero gradient when the target is detached, and -z*s*(1-s) if not.
     torch.manual_seed(2)
-    model = _PixelwiseCAM()
+    model = PixelwiseCAM()
     images, labels, targets = _batch()
     images = images + 2.0  # cell logits away from 0, where -z*s*(1-s) would vanish
     parts = cam_consistency_loss(model, images, labels, targets, None, torch.Generator().manual_seed(0))
@@ -83,7 +74,7 @@ def test_stage1_target_is_detached():
 
 def test_pseudo_targets_replace_the_clean_view_and_absent_rows_do_not_count():
     torch.manual_seed(3)
-    model = _PixelwiseCAM()
+    model = PixelwiseCAM()
     images, labels, targets = _batch(n_cells=5)
     labels[2] = 0  # an image without cells in the crop
     table = torch.rand(3, 8, 19)  # K = 8 > largest instance: rows 6, 7 belong to cells outside the crop
@@ -113,7 +104,7 @@ def test_cells_beyond_the_pseudo_table_are_absent():
 
 
 def test_crop_without_cells_keeps_a_usable_graph():
-    model = _PixelwiseCAM()
+    model = PixelwiseCAM()
     images, _, targets = _batch()
     labels = torch.zeros(3, 32, 32, dtype=torch.long)
     parts = cam_consistency_loss(model, images, labels, targets, None, torch.Generator().manual_seed(0))
@@ -123,7 +114,7 @@ def test_crop_without_cells_keeps_a_usable_graph():
 
 
 def test_consistency_weight_scales_the_consistency_term():
-    model = _PixelwiseCAM()
+    model = PixelwiseCAM()
     images, labels, targets = _batch()
     table = torch.rand(3, 8, 19)
     one = cam_consistency_loss(model, images, labels, targets, table, torch.Generator().manual_seed(0))
@@ -173,7 +164,7 @@ def test_cell_crop_step_with_a_timm_model_is_finite_and_reproducible():
 
 
 def test_mismatched_masks_are_reported():
-    model = _PixelwiseCAM()
+    model = PixelwiseCAM()
     images, labels, targets = _batch()
     with pytest.raises(Exception, match="masks"):
         cam_consistency_loss(model, images, labels[:, :16], targets, None, torch.Generator())

@@ -1,8 +1,12 @@
+import pickle
+
 import numpy as np
 import pytest
+from conftest import store_paths
 
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.stores import (
+    ShardedArray,
     atomic_store,
     open_store,
     read_strings,
@@ -13,11 +17,10 @@ from hpa_pipeline.io.stores import (
 
 def test_store_appears_only_when_the_block_succeeds(tmp_path):
     path = tmp_path / "a.zarr"
-    with pytest.raises(RuntimeError):
-        with atomic_store(path, "demo") as group:
-            write_table(group, "x", np.arange(3))
-            assert not path.exists()
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_store(path, "demo") as group:
+        write_table(group, "x", np.arange(3))
+        assert not path.exists()
+        raise RuntimeError("killed")
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -59,3 +62,14 @@ def test_empty_string_array_round_trips(tmp_path):
         write_table(group, "n", np.zeros(0, np.int64))
     group = open_store(tmp_path / "a.zarr", "demo")
     assert read_strings(group, "ids") == [] and group["n"].shape == (0,)
+
+
+def test_sharded_array_reads_across_shards_in_order(demo_stores):
+    paths = store_paths(demo_stores, "train", "images_96")
+    array = ShardedArray(paths, "images", "images")
+    expected = np.concatenate([open_store(path, "images")["images"][:] for path in paths])
+    assert len(array) == len(expected) == 10
+    for row in (0, 4, 5, 9):
+        assert np.array_equal(array[row], expected[row])
+    clone = pickle.loads(pickle.dumps(array))  # what a loader worker receives
+    assert np.array_equal(clone[7], expected[7])

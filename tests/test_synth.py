@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpa_pipeline import synth
+from hpa_pipeline.data import synth
 from hpa_pipeline.io.channels import CHANNELS, read_rgby
 from hpa_pipeline.labels import (
     N_CLASSES,
@@ -150,8 +150,10 @@ def test_masks_consistent_with_images_and_cells_csv(dataset: Path) -> None:
     listed = {(r.split, r.ID): set() for r in cells.itertuples()}
     for r in cells.itertuples():
         listed[(r.split, r.ID)].add(int(r.instance))
-    tables = {"train": pd.read_csv(dataset / "train.csv", dtype=str)["ID"],
-              "test": pd.read_csv(dataset / "sample_submission.csv", dtype=str)["ID"]}
+    tables = {
+        "train": pd.read_csv(dataset / "train.csv", dtype=str)["ID"],
+        "test": pd.read_csv(dataset / "sample_submission.csv", dtype=str)["ID"],
+    }
     for split, ids in tables.items():
         for image_id in ids:
             mask = _mask(dataset, split, image_id)
@@ -290,8 +292,9 @@ def test_more_than_255_cells(tmp_path: Path) -> None:
     assert set(np.unique(field.cell_mask).tolist()) == set(range(301))
     assert len(field.cell_labels) == 300
     # The uint16 mask survives the PNG round trip.
-    synth.write_demo_dataset(tmp_path / "many", n_train=1, n_test=0, image_size=256, cells_per_image=(300, 300),
-                             progress=False)
+    synth.write_demo_dataset(
+        tmp_path / "many", n_train=1, n_test=0, image_size=256, cells_per_image=(300, 300), progress=False
+    )
     image_id = pd.read_csv(tmp_path / "many" / "train.csv", dtype=str)["ID"][0]
     mask = _mask(tmp_path / "many", "train", image_id)
     assert mask.dtype == np.uint16 and mask.max() == 300

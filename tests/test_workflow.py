@@ -12,13 +12,13 @@ import pytest
 import yaml
 from workflow_helpers import copy_workflow, snakemake
 
+from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.stores import open_store, read_strings
-from hpa_pipeline.preprocess.masks import read_cell_table
 
 
 @pytest.mark.slow
 def test_demo_writes_a_valid_submission_and_its_metrics(demo_run):
-    from hpa_pipeline.submission import read_submission
+    from hpa_pipeline.kaggle.submission import read_submission
 
     check = json.loads((demo_run / "results/submission_check.json").read_text())
     table = (demo_run / "resources/demo_data/sample_submission.csv").read_text().splitlines()[1:]
@@ -34,8 +34,15 @@ def test_demo_writes_a_valid_submission_and_its_metrics(demo_run):
     assert set(metrics["ensembles"]) == {"stage1", "stage2"}
     assert 0 <= metrics["submission"]["map"] <= 1
     summary = (demo_run / "results/metrics.tsv").read_text().splitlines()
-    assert summary[0].split("\t") == ["what", "name", "stage", "scored_on", "cell_map"] and len(summary) == 1 + 10 + 2 + 1 + 4
-    references = {(row.split("\t")[1], row.split("\t")[3]): float(row.split("\t")[4]) for row in summary if row.startswith("reference")}
+    assert (
+        summary[0].split("\t") == ["what", "name", "stage", "scored_on", "cell_map"]
+        and len(summary) == 1 + 10 + 2 + 1 + 4
+    )
+    references = {
+        (row.split("\t")[1], row.split("\t")[3]): float(row.split("\t")[4])
+        for row in summary
+        if row.startswith("reference")
+    }
     for split in ("train", "test"):
         assert 0 < references[("chance", split)] < references[("ceiling", split)] <= 1
     assert set(metrics["references"]) == {"train", "test"}
@@ -71,7 +78,7 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     output = result.stdout + result.stderr
     if "Nothing to be done" in output:
         return {}
-    table = output[output.index("Job stats:"):]
+    table = output[output.index("Job stats:") :]
     return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE) if rule != "total"}
 
 
@@ -87,7 +94,9 @@ def test_forcing_one_stage_reruns_exactly_what_depends_on_it(demo_run):
     jobs = planned_jobs(demo_run, "--forcerun", "crop_cells")
     # the crops feed only the cell models, and through their out-of-fold predictions the stage-2
     # ensemble, so everything trained on it; never preprocessing upstream of the crops
-    assert jobs["crop_cells"] == len(config["preprocess"]["crop_image_sizes"]) * (config["shards"]["train"] + config["shards"]["test"])
+    assert jobs["crop_cells"] == len(config["preprocess"]["crop_image_sizes"]) * (
+        config["shards"]["train"] + config["shards"]["test"]
+    )
     for upstream in ("make_demo_data", "index_images", "resize_image", "segment", "resize_masks", "make_folds"):
         assert upstream not in jobs
     stage2_dependents = [name for name, model in config["models"].items() if model.get("pseudo_labels") == "stage2"]
@@ -104,12 +113,21 @@ def test_changing_one_model_retrains_only_it_and_what_depends_on_it(demo_run):
     (demo_run / "configs/changed.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(demo_run, "submission", "--configfile", "configs/changed.yaml", "--cores", "2", "-n")
     output = result.stdout + result.stderr
-    stats = output[output.index("Job stats:"):]
+    stats = output[output.index("Job stats:") :]
     jobs = {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", stats, re.MULTILINE) if rule != "total"}
     folds = config["folds"]["n_folds"]
-    assert jobs == {"train_model": folds, "predict_valid": folds, "concat_valid": 1, "predict_test": folds,
-                    "make_submission": 1, "validate_submission": 1, "evaluate": 1, "submission": 1,
-                    "plot_training_curves": 1, "plot_metrics": 1}
+    assert jobs == {
+        "train_model": folds,
+        "predict_valid": folds,
+        "concat_valid": 1,
+        "predict_test": folds,
+        "make_submission": 1,
+        "validate_submission": 1,
+        "evaluate": 1,
+        "submission": 1,
+        "plot_training_curves": 1,
+        "plot_metrics": 1,
+    }
     assert set(re.findall(r"wildcards: model=(\w+)", output)) == {"cam_effnet_cos_stage3"}
     assert "Params have changed since last execution" in output
 
@@ -130,7 +148,8 @@ def test_editing_the_package_comments_retrains_nothing(demo_run, tmp_path):
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('hpa_pipeline', {str(copy / '__init__.py')!r}, "
         f"submodule_search_locations=[{str(copy)!r}])\n"
-        "module = importlib.util.module_from_spec(spec); sys.modules['hpa_pipeline'] = module; spec.loader.exec_module(module)\n"
+        "module = importlib.util.module_from_spec(spec); sys.modules['hpa_pipeline'] = module\n"
+        "spec.loader.exec_module(module)\n"
         "import hpa_pipeline.config\n"
         "print('package docstring:', hpa_pipeline.config.__doc__.splitlines()[0])\n"
         "from snakemake.cli import main\n"
@@ -161,7 +180,18 @@ def test_documented_command_lines_run(tmp_path, args):
 
 def test_target_after_resources_is_swallowed_as_the_readme_warns(tmp_path):
     workdir = copy_workflow(tmp_path)
-    result = snakemake(workdir, "--configfile", "configs/demo.yaml", "--cores", "12", "--resources", "gpu=3", "submission", "-n", check=False)
+    result = snakemake(
+        workdir,
+        "--configfile",
+        "configs/demo.yaml",
+        "--cores",
+        "12",
+        "--resources",
+        "gpu=3",
+        "submission",
+        "-n",
+        check=False,
+    )
     assert result.returncode != 0
     assert "dictionary update sequence element" in result.stdout + result.stderr
 
@@ -183,7 +213,10 @@ def write_config(workdir: Path, **changes) -> None:
         ({"shards.train": "two"}, "'two' is not of type 'integer'"),
         ({"preprocess.crop_size": 4}, "crop_size"),
         ({"segment.backend": "cellpose"}, "'cellpose' is not one of"),
-        ({"preprocess.crop_image_sizes": [100]}, "preprocess.crop_image_sizes: 100 is not one of preprocess.image_sizes"),
+        (
+            {"preprocess.crop_image_sizes": [100]},
+            "preprocess.crop_image_sizes: 100 is not one of preprocess.image_sizes",
+        ),
         ({"segment.inputs.train.source": 999}, "segment.inputs.train.source: 999"),
         ({"segment.backend": "hpacellseg"}, "segment.hpacellseg.nuclei_model must be set"),
         ({"preprocess.unknown_key": 1}, "unknown_key"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,9 @@ def write_table(group: zarr.Group, name: str, values: np.ndarray) -> None:
     """Store a small numeric array in a single chunk."""
     values = np.ascontiguousarray(values)
     chunks = tuple(max(extent, 1) for extent in values.shape)
-    array = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks, compressors=TABLE_COMPRESSORS)
+    array = group.create_array(
+        name, shape=values.shape, dtype=values.dtype, chunks=chunks, compressors=TABLE_COMPRESSORS
+    )
     if values.size:
         array[...] = values
 
@@ -125,3 +127,39 @@ def write_rows(writes: list[tuple[zarr.Array, int, np.ndarray]]) -> None:
         await asyncio.gather(*(array.async_array.setitem(row, value) for array, row, value in writes))
 
     sync(write_all())
+
+
+class ShardedArray:
+    """One array of per-image or per-cell rows spread over shard stores, read as a single sequence.
+
+    The stores are opened lazily in each process, so the object can be handed to loader workers.
+
+    Args:
+        paths: the shard stores, in canonical order.
+        kind: the stores' kind (checked).
+        array: the array to read (``images``, ``masks``, ``crops``).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], kind: str, array: str) -> None:
+        self.paths = [Path(path) for path in paths]
+        self.kind = kind
+        self.array = array
+        lengths = [open_store(path, kind)[array].shape[0] for path in self.paths]
+        self._starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self._arrays: list | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        if self._pid != os.getpid():
+            self._arrays = [open_store(path, self.kind)[self.array] for path in self.paths]
+            self._pid = os.getpid()
+        shard = int(np.searchsorted(self._starts, row, side="right") - 1)
+        return self._arrays[shard][row - self._starts[shard]]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_arrays"], state["_pid"] = None, None
+        return state

@@ -1,1 +1,1 @@
-"""Preprocessing stages: resize, segment, mask resize and cell table, cell crops."""
+"""The preprocessing stage (rules/preprocess.smk): resize, segment, mask resize with the cell table, cell crops."""

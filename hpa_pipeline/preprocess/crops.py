@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.stores import (
     CHUNK_WRITE_CONFIG,
     IMAGE_COMPRESSORS,
@@ -24,7 +25,6 @@ from hpa_pipeline.io.stores import (
     write_strings,
     write_table,
 )
-from hpa_pipeline.preprocess.masks import read_cell_table
 from hpa_pipeline.progress import progress
 
 #: Cells per Zarr shard file: about 19 MB of raw crops at 192², few enough files for a million cells.
@@ -81,14 +81,20 @@ def crop_cells_of_image(image: np.ndarray, labels: np.ndarray, instances: np.nda
         new_width = min(max(int(box_width * ratio), 1), crop_size)
         offset_y, offset_x = (crop_size - new_height) // 2, (crop_size - new_width) // 2
         # cv2 resizes up to 4 channels at once when they are interleaved (H, W, C)
-        scaled = cv2.resize(np.ascontiguousarray(cell_pixels.transpose(1, 2, 0)), (new_width, new_height), interpolation=cv2.INTER_LINEAR)
+        scaled = cv2.resize(
+            np.ascontiguousarray(cell_pixels.transpose(1, 2, 0)),
+            (new_width, new_height),
+            interpolation=cv2.INTER_LINEAR,
+        )
         crops[row, 1::2, offset_y : offset_y + new_height, offset_x : offset_x + new_width] = scaled.reshape(
             new_height, new_width, 4
         ).transpose(2, 0, 1)
     return crops
 
 
-def crop_shard(images_path: str | Path, masks_path: str | Path, cells_path: str | Path, crop_size: int, out_path: str | Path) -> None:
+def crop_shard(
+    images_path: str | Path, masks_path: str | Path, cells_path: str | Path, crop_size: int, out_path: str | Path
+) -> None:
     """Write the crops of every cell of a shard, in cell-table order.
 
     The store holds ``crops`` (n_cells, 8, C, C) uint8 (one Zarr chunk per cell, CELLS_PER_SHARD cells
@@ -107,7 +113,7 @@ def crop_shard(images_path: str | Path, masks_path: str | Path, cells_path: str 
     with atomic_store(out_path, "crops", crop_size=crop_size, image_size=size) as group:
         write_strings(group, "ids", table.ids)
         write_table(group, "offsets", table.offsets)
-        write_table(group, "image_index", table.image_index)
+        write_table(group, "image_index", table.image_of_cell().astype(np.int32))
         write_table(group, "instance", table.instance)
         crops = group.create_array(
             "crops",
@@ -123,7 +129,9 @@ def crop_shard(images_path: str | Path, masks_path: str | Path, cells_path: str 
         pending_cells = 0
         written = 0
         for row in progress(range(len(table.ids)), "crop", total=len(table.ids), unit="img"):
-            pending.append(crop_cells_of_image(images["images"][row], masks["masks"][row], table.instances_of(row), crop_size))
+            pending.append(
+                crop_cells_of_image(images["images"][row], masks["masks"][row], table.instances_of(row), crop_size)
+            )
             pending_cells += len(pending[-1])
             while pending_cells >= CELLS_PER_SHARD or (row == len(table.ids) - 1 and pending_cells):
                 block = np.concatenate(pending)

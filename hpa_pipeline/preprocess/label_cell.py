@@ -158,9 +158,7 @@ def _cell_threshold(cell_level: np.ndarray, params: LabelCellParams) -> float:
     return max(params.cell_threshold_floor, params.otsu_fraction * otsu / 255.0)
 
 
-def _flood(
-    elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray, watershed_line: bool = False
-) -> np.ndarray:
+def _flood(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray, watershed_line: bool = False) -> np.ndarray:
     """Seeded watershed of ``elevation`` inside ``mask``: skimage's, computed piecewise for speed.
 
     Marker pixels keep their label and flooding only travels through unlabelled mask pixels, so each

@@ -15,12 +15,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from scipy import ndimage
 
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import read_rgby
+from hpa_pipeline.io.masks import read_labels, resize_labels
 from hpa_pipeline.io.stores import (
     CHUNK_WRITE_CONFIG,
     MASK_COMPRESSORS,
@@ -33,13 +33,6 @@ from hpa_pipeline.io.stores import (
 from hpa_pipeline.progress import progress
 
 log = logging.getLogger(__name__)
-
-
-def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-exact resize of a label image (no new label values are invented)."""
-    if labels.shape == (height, width):
-        return labels.copy()
-    return cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def segment_shard(
@@ -78,7 +71,9 @@ def segment_shard(
     shapes = np.zeros((n_images, 2), dtype=np.int32)
     empty: list[str] = []
     resolution = "original" if store is None else int(store.attrs["size"])
-    with atomic_store(out_path, "masks", resolution=resolution, scale_factor=scale_factor, backend=producer.name) as group:
+    with atomic_store(
+        out_path, "masks", resolution=resolution, scale_factor=scale_factor, backend=producer.name
+    ) as group:
         write_strings(group, "ids", list(image_ids))
         labels_group = group.create_group("labels")
         for row, image_id in enumerate(progress(image_ids, "segment", total=n_images, unit="img")):
@@ -93,7 +88,11 @@ def segment_shard(
             if n_cells[row] == 0:
                 empty.append(image_id)
             array = labels_group.create_array(
-                str(row), shape=labels.shape, dtype="uint16", chunks=labels.shape, compressors=MASK_COMPRESSORS,
+                str(row),
+                shape=labels.shape,
+                dtype="uint16",
+                chunks=labels.shape,
+                compressors=MASK_COMPRESSORS,
                 config=CHUNK_WRITE_CONFIG,
             )
             array[...] = labels
@@ -102,7 +101,8 @@ def segment_shard(
     if empty:
         log.warning(
             "%d image(s) without any cell (they flow on with an empty cell set): %s",
-            len(empty), ", ".join(empty[:20]) + (" ..." if len(empty) > 20 else ""),
+            len(empty),
+            ", ".join(empty[:20]) + (" ..." if len(empty) > 20 else ""),
         )
 
 
@@ -133,7 +133,10 @@ def cell_properties(labels: np.ndarray, source_shape: tuple[int, int]) -> CellPr
     instance = np.flatnonzero(counts[1:]).astype(np.int32) + 1
     slices = ndimage.find_objects(labels)
     bbox = np.array(
-        [[slices[k - 1][0].start, slices[k - 1][1].start, slices[k - 1][0].stop, slices[k - 1][1].stop] for k in instance],
+        [
+            [slices[k - 1][0].start, slices[k - 1][1].start, slices[k - 1][0].stop, slices[k - 1][1].stop]
+            for k in instance
+        ],
         dtype=np.float64,
     ).reshape(-1, 4)
     scale_y = source_shape[0] / labels.shape[0]
@@ -211,18 +214,25 @@ def resize_masks_shard(
     per_size_area: dict[int, list[np.ndarray]] = {size: [] for size in sizes}
     per_size_repaired: dict[int, list[np.ndarray]] = {size: [] for size in sizes}
     with ExitStack() as stack:
-        groups = [stack.enter_context(atomic_store(path, "masks_resized", size=int(size))) for path, size in zip(out_mask_paths, sizes)]
+        groups = [
+            stack.enter_context(atomic_store(path, "masks_resized", size=int(size)))
+            for path, size in zip(out_mask_paths, sizes)
+        ]
         arrays = []
         for group, size in zip(groups, sizes):
             write_strings(group, "ids", image_ids)
             arrays.append(
                 group.create_array(
-                    "masks", shape=(n_images, size, size), dtype="uint16", chunks=(1, size, size),
-                    compressors=MASK_COMPRESSORS, config=CHUNK_WRITE_CONFIG,
+                    "masks",
+                    shape=(n_images, size, size),
+                    dtype="uint16",
+                    chunks=(1, size, size),
+                    compressors=MASK_COMPRESSORS,
+                    config=CHUNK_WRITE_CONFIG,
                 )
             )
         for row in progress(range(n_images), "resize masks", total=n_images, unit="img"):
-            labels = source["labels"][str(row)][...]
+            labels = read_labels(source, row)
             properties = cell_properties(labels, tuple(source_shapes[row]))
             per_image.append(properties)
             for array, size in zip(arrays, sizes):
@@ -231,7 +241,9 @@ def resize_masks_shard(
                 counts = np.bincount(resized.ravel(), minlength=int(properties.instance.max(initial=0)) + 1)
                 per_size_area[size].append(counts[properties.instance].astype(np.int32))
                 per_size_repaired[size].append(repaired)
-        with atomic_store(out_cells_path, "cells", sizes=[int(size) for size in sizes], mask_resolution=source.attrs["resolution"]) as cells:
+        with atomic_store(
+            out_cells_path, "cells", sizes=[int(size) for size in sizes], mask_resolution=source.attrs["resolution"]
+        ) as cells:
             counts = np.array([len(p.instance) for p in per_image], dtype=np.int64)
             write_strings(cells, "ids", image_ids)
             write_table(cells, "source_shape", source_shapes.astype(np.int32))
@@ -248,40 +260,3 @@ def resize_masks_shard(
 
 def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
-
-
-@dataclass
-class CellTable:
-    """The cell table of one shard (see :func:`resize_masks_shard`)."""
-
-    ids: list[str]
-    source_shape: np.ndarray
-    offsets: np.ndarray
-    image_index: np.ndarray
-    instance: np.ndarray
-    bbox: np.ndarray
-    area: np.ndarray
-    touches_edge: np.ndarray
-
-    @property
-    def n_cells(self) -> int:
-        return int(self.offsets[-1])
-
-    def instances_of(self, row: int) -> np.ndarray:
-        """Mask values of the cells of image ``row``, ascending."""
-        return self.instance[self.offsets[row] : self.offsets[row + 1]]
-
-
-def read_cell_table(path: str | Path) -> CellTable:
-    """Read the cell table of a shard."""
-    group = open_store(path, "cells")
-    return CellTable(
-        ids=read_strings(group, "ids"),
-        source_shape=group["source_shape"][...],
-        offsets=group["offsets"][...],
-        image_index=group["image_index"][...],
-        instance=group["instance"][...],
-        bbox=group["bbox"][...],
-        area=group["area"][...],
-        touches_edge=group["touches_edge"][...],
-    )

@@ -309,7 +309,9 @@ def _require_hpacellseg() -> None:
     try:
         importlib.import_module("hpacellseg")
     except ImportError as exc:
-        raise ConfigError(f"segmentation backend 'hpacellseg' needs the hpacellseg package ({exc}).\n{INSTALL_HINT}") from exc
+        raise ConfigError(
+            f"segmentation backend 'hpacellseg' needs the hpacellseg package ({exc}).\n{INSTALL_HINT}"
+        ) from exc
 
 
 def _sha256(path: Path) -> str:
@@ -345,7 +347,7 @@ def _weight_file(config: Mapping[str, Any], key: str) -> Path:
     return path
 
 
-def _torch_device(device: str) -> "torch.device":
+def _torch_device(device: str) -> torch.device:
     import torch
 
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
@@ -359,7 +361,7 @@ def _torch_device(device: str) -> "torch.device":
     return torch.device(device)
 
 
-def _load_model(path: Path, key: str, device: "torch.device") -> "torch.nn.Module":
+def _load_model(path: Path, key: str, device: torch.device) -> torch.nn.Module:
     import torch
     from torch import nn
 
@@ -398,7 +400,7 @@ class HpaCellSegProducer:
 
     name = "hpacellseg"
 
-    def __init__(self, nuclei_model: "torch.nn.Module", cell_model: "torch.nn.Module", device: str = "cpu") -> None:
+    def __init__(self, nuclei_model: torch.nn.Module, cell_model: torch.nn.Module, device: str = "cpu") -> None:
         self.device = _torch_device(device)
         self.nuclei_model = nuclei_model.to(self.device).eval()
         self.cell_model = cell_model.to(self.device).eval()
@@ -431,7 +433,7 @@ class HpaCellSegProducer:
         normalised = (small - HPA_MEAN) / HPA_STD
         return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)  # (3, 512, 512)
 
-    def _run(self, model: "torch.nn.Module", tensor: "torch.Tensor", what: str) -> np.ndarray:
+    def _run(self, model: torch.nn.Module, tensor: torch.Tensor, what: str) -> np.ndarray:
         import torch
 
         logits = model(tensor)

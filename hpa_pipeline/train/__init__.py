@@ -1,1 +1,1 @@
-"""Training: folds, datasets, models, losses, CutMix, schedules, devices and the training loop."""
+"""The training stage (rules/train.smk): folds, datasets, losses, CutMix, steps, schedule, loop, checkpoints."""

@@ -9,9 +9,7 @@ import torch
 from hpa_pipeline.errors import ConfigError
 
 
-def lr_at_epoch(
-    epoch: int, base_lr: float, epochs: int, warmup_epochs: int = 5, warmup_factor: float = 0.1
-) -> float:
+def lr_at_epoch(epoch: int, base_lr: float, epochs: int, warmup_epochs: int = 5, warmup_factor: float = 0.1) -> float:
     """Learning rate of a (0-based) epoch.
 
     ``0.5 * base_lr * (1 + cos(pi * epoch / epochs))``, times

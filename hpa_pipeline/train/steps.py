@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hpa_pipeline.errors import PipelineError
-from hpa_pipeline.predict import D4_VIEWS, cell_mean_pool, d4_transform
+from hpa_pipeline.nets.d4 import D4_VIEWS, d4_transform
+from hpa_pipeline.nets.pooling import cell_mean_pool
 from hpa_pipeline.train.cutmix import (
     apply_cutmix,
     invert_cutmix,
@@ -57,13 +58,14 @@ def cam_consistency_loss(
     pseudo_targets: Tensor | None,
     generator: torch.Generator,
     consistency_weight: float = 1.0,
+    focal_gamma: float = 2.0,
 ) -> LossParts:
     """Loss of one CAM-consistency step.
 
     The clean view x and the heavy view x_h (a copy of x with CutMix, always) go through the model
     in one pass; both CAMs are bilinearly upsampled to the crop size and CutMix is undone on the
-    heavy one. Class loss = focal (gamma 2) on the clean view's image logits (mean of its upsampled
-    CAM). Consistency = BCE between the heavy view's cell-mean logits and the target, over every
+    heavy one. Class loss = focal (``focal_gamma``, the original's 2) on the clean view's image logits
+    (mean of its upsampled CAM). Consistency = BCE between the heavy view's cell-mean logits and the target, over every
     cell with > 0 pixels in the crop and every class: stage 1 the detached sigmoid of the clean
     view's cell-mean logits, later stages the pseudo labels.
 
@@ -76,6 +78,7 @@ def cam_consistency_loss(
             for cells without a pseudo label (they do not count).
         generator: CPU generator for the CutMix draw.
         consistency_weight: weight of the consistency term.
+        focal_gamma: focusing parameter of the class loss.
 
     Returns:
         ``LossParts`` (total = class + weight * consistency).
@@ -90,7 +93,7 @@ def cam_consistency_loss(
     cams = model(torch.cat([images, heavy], dim=0))
     cams = F.interpolate(cams.float(), size=(height, width), mode="bilinear", align_corners=False)
     cam_clean, cam_heavy = cams[:batch], invert_cutmix(cams[batch:], params)
-    class_loss = binary_focal_with_logits(cam_clean.mean(dim=(2, 3)), image_targets)
+    class_loss = binary_focal_with_logits(cam_clean.mean(dim=(2, 3)), image_targets, focal_gamma)
     # One pooling pass over both views: channels [clean classes, heavy classes].
     n_classes = cam_clean.shape[1]
     pooled, index = cell_mean_pool(torch.cat([cam_clean, cam_heavy], dim=1), labels)
@@ -126,7 +129,7 @@ def cell_crop_loss(model: nn.Module, crops: Tensor, targets: Tensor, generator: 
     keep = 1.0 - mixed_fraction(params)
     targets = targets.to(logits.dtype)
     partner = targets[params.perm.to(targets.device)]
-    loss = keep * F.binary_cross_entropy_with_logits(logits, targets) + (1.0 - keep) * F.binary_cross_entropy_with_logits(
-        logits, partner
-    )
+    loss = keep * F.binary_cross_entropy_with_logits(logits, targets) + (
+        1.0 - keep
+    ) * F.binary_cross_entropy_with_logits(logits, partner)
     return LossParts(loss, loss, torch.zeros((), device=loss.device))

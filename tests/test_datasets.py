@@ -1,5 +1,3 @@
-import pickle
-
 import numpy as np
 import pytest
 import torch
@@ -7,62 +5,32 @@ from conftest import store_paths
 from torch.utils.data import DataLoader
 
 from hpa_pipeline.errors import InputDataError
-from hpa_pipeline.io.stores import open_store
-from hpa_pipeline.train.data import (
+from hpa_pipeline.io.cells import read_cell_table
+from hpa_pipeline.io.folds import read_labelled_images
+from hpa_pipeline.io.stores import ShardedArray
+from hpa_pipeline.train.datasets import (
     CamTrainingSet,
     CellCropSet,
     EpochSampler,
-    ShardedArray,
-    cell_targets_from_images,
     collate_cam,
-    read_cell_index,
-    read_labelled_images,
 )
-
-
-def test_sharded_array_reads_across_shards_in_order(demo_stores):
-    paths = store_paths(demo_stores, "train", "images_96")
-    array = ShardedArray(paths, "images", "images")
-    expected = np.concatenate([open_store(path, "images")["images"][:] for path in paths])
-    assert len(array) == len(expected) == 10
-    for row in (0, 4, 5, 9):
-        assert np.array_equal(array[row], expected[row])
-    clone = pickle.loads(pickle.dumps(array))  # what a loader worker receives
-    assert np.array_equal(clone[7], expected[7])
-
-
-def test_cell_index_and_labelled_images_agree(demo_stores):
-    root = demo_stores["root"]
-    images = read_labelled_images([root / "train/index.csv"], [root / "folds/train.csv"])
-    cells = read_cell_index(store_paths(demo_stores, "train", "cells"))
-    assert cells.ids == images.ids
-    assert set(images.folds.tolist()) == {0, 1}
-    targets = cell_targets_from_images(cells, images.labels)
-    assert targets.shape == (cells.n_cells, 19)
-    first_image_cells = slice(cells.offsets[0], cells.offsets[1])
-    assert (targets[first_image_cells] == images.labels[0]).all()
-    subset = cells.subset(np.array([3, 1]))
-    assert subset.ids == [cells.ids[3], cells.ids[1]]
-    assert np.array_equal(subset.instances_of(0), cells.instances_of(3))
-
-
-def test_folds_of_other_images_are_refused(demo_stores, tmp_path):
-    root = demo_stores["root"]
-    folds = (root / "folds/train.csv").read_text().splitlines()
-    (tmp_path / "folds.csv").write_text("\n".join([folds[0], *reversed(folds[1:])]) + "\n")
-    with pytest.raises(InputDataError, match="does not list the images"):
-        read_labelled_images([root / "train/index.csv"], [tmp_path / "folds.csv"])
 
 
 def make_cam_set(demo_stores, pseudo: bool) -> CamTrainingSet:
     root = demo_stores["root"]
     images = read_labelled_images([root / "train/index.csv"], [root / "folds/train.csv"])
-    cells = read_cell_index(store_paths(demo_stores, "train", "cells"))
+    cells = read_cell_table(store_paths(demo_stores, "train", "cells"))
     targets = np.random.default_rng(0).random((cells.n_cells, 19)).astype(np.float32) if pseudo else None
     return CamTrainingSet(
         ShardedArray(store_paths(demo_stores, "train", "images_96"), "images", "images"),
         ShardedArray(store_paths(demo_stores, "train", "masks_96"), "masks_resized", "masks"),
-        np.arange(10), images.labels, cells, targets, crop_size=64, hflip=True, seed=5,
+        np.arange(10),
+        images.labels,
+        cells,
+        targets,
+        crop_size=64,
+        hflip=True,
+        seed=5,
     )
 
 
@@ -95,7 +63,9 @@ def test_pseudo_tables_are_padded_with_nan_rows(demo_stores):
     assert table.shape[0] == 2 and table.shape[2] == 19
     instances = dataset.cells.instances_of(0)
     rows = dataset.cells.offsets[0] + np.arange(len(instances))
-    assert torch.allclose(table[0, torch.from_numpy(instances.astype(np.int64))], torch.from_numpy(dataset.cell_targets[rows]))
+    assert torch.allclose(
+        table[0, torch.from_numpy(instances.astype(np.int64))], torch.from_numpy(dataset.cell_targets[rows])
+    )
     assert torch.isnan(table[0, 0]).all()  # background row
 
 

@@ -1,6 +1,6 @@
-"""Scoring the workflow's predictions against per-cell truth (the demo data carries it).
+"""Scoring the workflow's predictions against per-cell truth (rule evaluate; the demo data carries it).
 
-The competition metric (:mod:`hpa_pipeline.metrics`) is applied to each model's and each ensemble's
+The competition metric (:mod:`hpa_pipeline.kaggle.metric`) is applied to each model's and each ensemble's
 out-of-fold predictions on the training images (predicted cells = the segmentation's cells, truth =
 the true cells) and to the submission on the test images, so one can see whether a later stage beats
 an earlier one.
@@ -24,16 +24,16 @@ import numpy as np
 
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.files import atomic_file, write_text_atomic
+from hpa_pipeline.io.masks import read_labels
+from hpa_pipeline.io.predictions import PredictionSet, read_predictions, select_images
 from hpa_pipeline.io.stores import open_store, read_strings
-from hpa_pipeline.labels import N_CLASSES, parse_labels
-from hpa_pipeline.metrics import (
+from hpa_pipeline.kaggle.metric import (
     ImageEval,
     MetricResult,
     evaluate_label_masks,
     evaluate_submission,
 )
-from hpa_pipeline.predictions import PredictionSet, read_predictions, select_images
-from hpa_pipeline.preprocess.masks import resize_labels
+from hpa_pipeline.labels import N_CLASSES, parse_labels
 
 
 def read_truth_classes(truth_dir: Path, split: str) -> dict[str, dict[int, list[int]]]:
@@ -45,7 +45,9 @@ def read_truth_classes(truth_dir: Path, split: str) -> dict[str, dict[int, list[
     with open(path, newline="") as handle:
         for line, row in enumerate(csv.DictReader(handle), start=2):
             if row["split"] == split:
-                classes.setdefault(row["ID"], {})[int(row["instance"])] = parse_labels(row["Label"], f"{path} row {line}")
+                classes.setdefault(row["ID"], {})[int(row["instance"])] = parse_labels(
+                    row["Label"], f"{path} row {line}"
+                )
     return classes
 
 
@@ -65,10 +67,7 @@ def _segmented_images(
         masks = open_store(masks_path, "masks")
         for row, image_id in enumerate(read_strings(masks, "ids")):
             truth = read_truth_mask(truth_dir, split, image_id)
-            labels = masks["labels"][str(row)][...]
-            if labels.shape != truth.shape:
-                labels = resize_labels(labels, *truth.shape)
-            yield image_id, truth, labels
+            yield image_id, truth, read_labels(masks, row, truth.shape)
 
 
 def _oof_items(predictions: PredictionSet, masks_paths: Sequence[Path], truth_dir: Path) -> Iterator[ImageEval]:
@@ -78,8 +77,13 @@ def _oof_items(predictions: PredictionSet, masks_paths: Sequence[Path], truth_di
     for row, (image_id, truth, labels) in enumerate(_segmented_images(masks_paths, truth_dir, "train")):
         cells = slice(selected.offsets[row], selected.offsets[row + 1])
         scores = selected.probs[cells].mean(axis=2)
-        yield ImageEval(truth, classes.get(image_id, {}), labels,
-                        {int(k): score for k, score in zip(selected.instance[cells], scores)}, image_id)
+        yield ImageEval(
+            truth,
+            classes.get(image_id, {}),
+            labels,
+            {int(k): score for k, score in zip(selected.instance[cells], scores)},
+            image_id,
+        )
 
 
 def evaluate_out_of_fold(predictions: PredictionSet, masks_paths: Sequence[Path], truth_dir: Path) -> MetricResult:
@@ -176,7 +180,9 @@ def evaluate_run(
             truth.setdefault(image_id, (read_truth_mask(truth_dir, "test", image_id), {}))
         result = evaluate_submission(submission, truth)
         results["submission"] = result.to_dict()
-        summary.append(("submission", submission.name, max([s for s, _ in models.values()], default=0), "test", result.map))
+        summary.append(
+            ("submission", submission.name, max([s for s, _ in models.values()], default=0), "test", result.map)
+        )
     for split, paths in (("train", masks_paths), ("test", test_masks_paths)):
         if not paths:
             continue

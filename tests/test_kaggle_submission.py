@@ -14,17 +14,14 @@ import pytest
 from scipy import ndimage
 
 from hpa_pipeline.errors import InputDataError, PipelineError
-from hpa_pipeline.submission import (
+from hpa_pipeline.kaggle.submission import (
     SUBMISSION_COLUMNS,
-    area_scale,
-    cell_areas,
     decode_binary_mask,
     encode_binary_mask,
     encode_cell_masks,
     format_prediction_string,
     parse_prediction_string,
     read_submission,
-    touches_edge,
     validate_submission,
     write_submission,
 )
@@ -54,7 +51,7 @@ def cells_of(labels: np.ndarray) -> np.ndarray:
     return values[values > 0]
 
 
-# ---------------------------------------------------------------------------------------------- encoding
+# -------------------- encoding
 
 
 @pytest.mark.parametrize(("encoded", "height", "width", "pixels", "rows", "cols"), GOLDEN)
@@ -97,7 +94,7 @@ def _synthetic_labels(height: int, width: int, seed: int) -> np.ndarray:
     labels[: height // 4, width // 3 + 4 : width // 3 + 5] = 3  # continues from the previous column's bottom
     blob = rng.random((height, width)) < 0.3
     labels[(labels == 0) & blob & (np.arange(width) > width // 2)] = 4
-    labels[2:5, 1:width // 4] = 7
+    labels[2:5, 1 : width // 4] = 7
     labels[3:4, 2:3] = 0  # a hole
     labels[(labels == 0) & (np.arange(height)[:, None] == height - 1)] = 300
     return labels
@@ -137,7 +134,9 @@ def test_round_trip_real_mask_every_cell():
 
 @pytest.mark.slow
 @needs_realdata
-@pytest.mark.parametrize("path", KAGGLE_MASKS + ([HPA_CELLMASK] if HPA_CELLMASK.is_file() else []), ids=lambda p: p.name[:12])
+@pytest.mark.parametrize(
+    "path", KAGGLE_MASKS + ([HPA_CELLMASK] if HPA_CELLMASK.is_file() else []), ids=lambda p: p.name[:12]
+)
 def test_round_trip_all_real_masks(path):
     labels = read_mask(path)  # uint8 Kaggle masks (one 3072x3072) and a uint16 HPA mask
     cells = cells_of(labels)
@@ -197,44 +196,10 @@ def test_decode_rejects_negative_run():
         decode_binary_mask(_b64(zlib.compress(("0" + negative).encode())), 1, 1)
 
 
-# ---------------------------------------------------------------------------------------------- geometry
+# -------------------- geometry
 
 
-def test_area_scale_examples_from_the_original():
-    area = np.array([40_000, 16_000, 100_000, 40_000, 16_000, 1_000])
-    edge = np.array([True, False, True, False, True, False])
-    scale = area_scale(area, edge, edge_threshold=80_000, center_threshold=32_000)
-    np.testing.assert_allclose(scale, [0.5, 0.5, 1.0, 1.0, 0.2, 1_000 / 32_000])
-    assert scale.dtype == np.float64
-
-
-def test_area_scale_thresholds_at_or_below_zero_disable_their_branch():
-    area = np.array([40_000, 16_000])
-    edge = np.array([True, False])
-    np.testing.assert_array_equal(area_scale(area, edge, -1, -1), [1.0, 1.0])
-    np.testing.assert_allclose(area_scale(area, edge, 0, 32_000), [1.0, 0.5])
-    np.testing.assert_allclose(area_scale(area, edge, 80_000, 0), [0.5, 1.0])
-    assert area_scale(np.zeros(0), np.zeros(0, bool), 80_000, 32_000).shape == (0,)
-    with pytest.raises(PipelineError):
-        area_scale(area, edge[:1], 1, 1)
-
-
-def test_touches_edge_and_areas():
-    labels = np.zeros((6, 7), dtype=np.uint8)
-    labels[0, 3] = 1  # first row
-    labels[5, 2:4] = 2  # last row
-    labels[2, 0] = 3  # first column
-    labels[3, 6] = 4  # last column
-    labels[2:4, 2:5] = 5  # centre
-    labels[1, 1] = 6  # one pixel from the corner, not on the edge
-    labels[4, 1] = 9
-    np.testing.assert_array_equal(touches_edge(labels, [1, 2, 3, 4, 5, 6]), [True, True, True, True, False, False])
-    np.testing.assert_array_equal(touches_edge(labels, [6, 1]), [False, True])
-    np.testing.assert_array_equal(cell_areas(labels, [5, 2, 9, 8]), [6, 2, 1, 0])
-    assert touches_edge(labels, []).shape == (0,)
-
-
-# ---------------------------------------------------------------------------------------------- prediction strings and CSV
+# -------------------- prediction strings and CSV
 
 
 def test_format_prediction_string_layout_and_precision():
@@ -285,9 +250,7 @@ def test_write_submission_format(tmp_path):
     write_submission(path, rows)
     text = path.read_bytes().decode("ascii")
     assert text == (
-        "ID,ImageWidth,ImageHeight,PredictionString\n"
-        f"idA,1118,1600,0 0.637833 {GOLDEN[0][0]}\n"
-        "idB,2048,2048,\n"
+        f"ID,ImageWidth,ImageHeight,PredictionString\nidA,1118,1600,0 0.637833 {GOLDEN[0][0]}\nidB,2048,2048,\n"
     )
     assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temporary file left
     table = read_submission(path)
@@ -331,7 +294,7 @@ def test_read_submission_errors(tmp_path):
         read_submission(bad)
 
 
-# ---------------------------------------------------------------------------------------------- validation
+# -------------------- validation
 
 
 def _good_rows():
@@ -342,7 +305,14 @@ def _good_rows():
     for image_id, labels in (("imgA", labels_a), ("imgB", labels_b), ("imgC", np.zeros((16, 16), np.uint8))):
         cells = cells_of(labels)
         probs = np.random.default_rng(len(cells)).random((len(cells), 19))
-        rows.append((image_id, labels.shape[1], labels.shape[0], format_prediction_string(probs, encode_cell_masks(labels, cells))))
+        rows.append(
+            (
+                image_id,
+                labels.shape[1],
+                labels.shape[0],
+                format_prediction_string(probs, encode_cell_masks(labels, cells)),
+            )
+        )
         expected[image_id] = (labels.shape[1], labels.shape[0])
     return rows, expected
 
@@ -377,18 +347,76 @@ def _mangle_triplet(prediction: str, index: int, value: str) -> str:
         (lambda rows, exp: (rows[:2], exp), "missing: ID imgC"),
         (lambda rows, exp: (rows + [("imgX", 16, 16, "")], exp), r"ID imgX\): unknown image ID"),
         (lambda rows, exp: (rows, {**exp, "imgZ": (8, 8)}), "missing: ID imgZ"),
-        (lambda rows, exp: ([rows[0], (rows[1][0], 41, 40, rows[1][3]), rows[2]], exp), r"ID imgB\): ImageWidth x ImageHeight is 41x40, expected 40x40"),
-        (lambda rows, exp: ([rows[0], (*rows[1][:3], _mangle_triplet(rows[1][3], 2, "@@notbase64@@")), rows[2]], exp), r"ID imgB\): detection 1: mask string is not valid base64"),
-        (lambda rows, exp: ([rows[0], (*rows[1][:3], _mangle_triplet(rows[1][3], 5, encode_binary_mask(np.ones((40, 41), bool)))), rows[2]], exp), r"ID imgB\): detection 2: RLE covers 1640 pixels"),
-        (lambda rows, exp: ([rows[0], (*rows[1][:3], _mangle_triplet(rows[1][3], 8, encode_binary_mask(np.zeros((40, 40), bool)))), rows[2]], exp), r"ID imgB\): detection 3: empty mask"),
-        (lambda rows, exp: ([rows[0], (*rows[1][:3], _mangle_triplet(rows[1][3], 0, "19")), rows[2]], exp), r"ID imgB\): detection 1: class '19'"),
-        (lambda rows, exp: ([rows[0], (*rows[1][:3], _mangle_triplet(rows[1][3], 0, "1.0")), rows[2]], exp), r"ID imgB\): detection 1: class '1.0'"),
-        (lambda rows, exp: ([rows[0], (*rows[1][:3], _mangle_triplet(rows[1][3], 4, "1.5")), rows[2]], exp), r"ID imgB\): detection 2: confidence '1.5'"),
-        (lambda rows, exp: ([rows[0], (*rows[1][:3], _mangle_triplet(rows[1][3], 4, "nan")), rows[2]], exp), r"ID imgB\): detection 2: confidence 'nan'"),
-        (lambda rows, exp: ([rows[0], (*rows[1][:3], _mangle_triplet(rows[1][3], 4, "high")), rows[2]], exp), r"ID imgB\): detection 2: confidence 'high' is not a number"),
+        (
+            lambda rows, exp: ([rows[0], (rows[1][0], 41, 40, rows[1][3]), rows[2]], exp),
+            r"ID imgB\): ImageWidth x ImageHeight is 41x40, expected 40x40",
+        ),
+        (
+            lambda rows, exp: (
+                [rows[0], (*rows[1][:3], _mangle_triplet(rows[1][3], 2, "@@notbase64@@")), rows[2]],
+                exp,
+            ),
+            r"ID imgB\): detection 1: mask string is not valid base64",
+        ),
+        (
+            lambda rows, exp: (
+                [
+                    rows[0],
+                    (*rows[1][:3], _mangle_triplet(rows[1][3], 5, encode_binary_mask(np.ones((40, 41), bool)))),
+                    rows[2],
+                ],
+                exp,
+            ),
+            r"ID imgB\): detection 2: RLE covers 1640 pixels",
+        ),
+        (
+            lambda rows, exp: (
+                [
+                    rows[0],
+                    (*rows[1][:3], _mangle_triplet(rows[1][3], 8, encode_binary_mask(np.zeros((40, 40), bool)))),
+                    rows[2],
+                ],
+                exp,
+            ),
+            r"ID imgB\): detection 3: empty mask",
+        ),
+        (
+            lambda rows, exp: ([rows[0], (*rows[1][:3], _mangle_triplet(rows[1][3], 0, "19")), rows[2]], exp),
+            r"ID imgB\): detection 1: class '19'",
+        ),
+        (
+            lambda rows, exp: ([rows[0], (*rows[1][:3], _mangle_triplet(rows[1][3], 0, "1.0")), rows[2]], exp),
+            r"ID imgB\): detection 1: class '1.0'",
+        ),
+        (
+            lambda rows, exp: ([rows[0], (*rows[1][:3], _mangle_triplet(rows[1][3], 4, "1.5")), rows[2]], exp),
+            r"ID imgB\): detection 2: confidence '1.5'",
+        ),
+        (
+            lambda rows, exp: ([rows[0], (*rows[1][:3], _mangle_triplet(rows[1][3], 4, "nan")), rows[2]], exp),
+            r"ID imgB\): detection 2: confidence 'nan'",
+        ),
+        (
+            lambda rows, exp: ([rows[0], (*rows[1][:3], _mangle_triplet(rows[1][3], 4, "high")), rows[2]], exp),
+            r"ID imgB\): detection 2: confidence 'high' is not a number",
+        ),
         (lambda rows, exp: ([rows[0], (*rows[1][:3], rows[1][3] + " 3"), rows[2]], exp), r"ID imgB\): 58 tokens"),
     ],
-    ids=["missing", "extra", "missing-expected", "wrong-size", "bad-base64", "mask-wrong-size", "empty-mask", "class-19", "class-float", "confidence-1.5", "confidence-nan", "confidence-text", "not-triplets"],
+    ids=[
+        "missing",
+        "extra",
+        "missing-expected",
+        "wrong-size",
+        "bad-base64",
+        "mask-wrong-size",
+        "empty-mask",
+        "class-19",
+        "class-float",
+        "confidence-1.5",
+        "confidence-nan",
+        "confidence-text",
+        "not-triplets",
+    ],
 )
 def test_validate_reports_each_problem_with_the_image_id(tmp_path, mangle, message):
     rows, expected = _good_rows()
@@ -405,7 +433,8 @@ def test_validate_duplicates_header_and_problem_list(tmp_path):
     rows, expected = _good_rows()
     path = tmp_path / "submission.csv"
     path.write_text(
-        "ID,ImageWidth,ImageHeight,PredictionString\n" + "".join(f"{i},{w},{h},{p}\n" for i, w, h, p in rows + rows[1:2])
+        "ID,ImageWidth,ImageHeight,PredictionString\n"
+        + "".join(f"{i},{w},{h},{p}\n" for i, w, h, p in rows + rows[1:2])
     )
     with pytest.raises(InputDataError, match="ID imgB: appears 2 times"):
         validate_submission(path, expected)

@@ -10,23 +10,25 @@ import torch
 from conftest import write_rgby
 from test_masks import write_masks_store
 
-from hpa_pipeline.errors import InputDataError
-from hpa_pipeline.inference import predict_split
-from hpa_pipeline.predictions import PredictionSet, read_predictions, write_predictions
-from hpa_pipeline.preprocess.crops import crop_shard
-from hpa_pipeline.preprocess.index import build_index, write_index
-from hpa_pipeline.preprocess.masks import read_cell_table, resize_masks_shard
-from hpa_pipeline.preprocess.resize import resize_shard
-from hpa_pipeline.submission import (
+from hpa_pipeline.data.index import build_index
+from hpa_pipeline.data.synth import render_field
+from hpa_pipeline.errors import InputDataError, PipelineError
+from hpa_pipeline.io.cells import read_cell_table
+from hpa_pipeline.io.index import write_index
+from hpa_pipeline.io.predictions import PredictionSet, read_predictions, write_predictions
+from hpa_pipeline.kaggle.submission import (
     decode_binary_mask,
     parse_prediction_string,
     read_submission,
 )
-from hpa_pipeline.submit import check_submission, make_submission
-from hpa_pipeline.synth import render_field
-from hpa_pipeline.train.loop import TrainingData
-from hpa_pipeline.train.models import create_model
-from hpa_pipeline.train.settings import ModelSettings
+from hpa_pipeline.nets.models import create_model
+from hpa_pipeline.predict import predict_split
+from hpa_pipeline.preprocess.crops import crop_shard
+from hpa_pipeline.preprocess.masks import resize_masks_shard
+from hpa_pipeline.preprocess.resize import resize_shard
+from hpa_pipeline.settings import ModelData, ModelSettings
+from hpa_pipeline.submit.submission import area_scale, make_submission
+from hpa_pipeline.submit.validation import check_submission
 
 
 def make_test_set(tmp_path: Path, fields: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Path]:
@@ -34,21 +36,36 @@ def make_test_set(tmp_path: Path, fields: dict[str, tuple[np.ndarray, np.ndarray
     data = tmp_path / "data"
     for image_id, (channels, _) in fields.items():
         write_rgby(data / "test", image_id, channels)
-    (data / "sample_submission.csv").write_text("ID,ImageWidth,ImageHeight,PredictionString\n" + "".join(f"{i},1,1,\n" for i in fields))
+    (data / "sample_submission.csv").write_text(
+        "ID,ImageWidth,ImageHeight,PredictionString\n" + "".join(f"{i},1,1,\n" for i in fields)
+    )
     paths = {name: tmp_path / f"{name}.zarr" for name in ("images", "masks", "resized", "cells", "crops")}
     paths["data"], paths["index"] = data, tmp_path / "index.csv"
     write_index(paths["index"], build_index(data / "test", data / "sample_submission.csv", "test", 1))
     ids = list(fields)
     resize_shard(data / "test", ids, [128], [paths["images"]])
-    write_masks_store(paths["masks"], ids, [mask for _, mask in fields.values()], [mask.shape for _, mask in fields.values()])
+    write_masks_store(
+        paths["masks"], ids, [mask for _, mask in fields.values()], [mask.shape for _, mask in fields.values()]
+    )
     resize_masks_shard(paths["masks"], [128], [paths["resized"]], paths["cells"])
     crop_shard(paths["images"], paths["resized"], paths["cells"], 16, paths["crops"])
     return paths
 
 
 def untrained_checkpoint(tmp_path: Path, kind: str) -> tuple[ModelSettings, Path]:
-    settings = ModelSettings.from_dict(dict(name=kind, kind=kind, backbone="test_efficientnet" if kind == "image" else "test_resnet",
-                                            image_size=128, crop_size=64 if kind == "image" else None, epochs=1, batch_size=4, lr=1e-3, tta=2))
+    settings = ModelSettings.from_dict(
+        dict(
+            name=kind,
+            kind=kind,
+            backbone="test_efficientnet" if kind == "image" else "test_resnet",
+            image_size=128,
+            crop_size=64 if kind == "image" else None,
+            epochs=1,
+            batch_size=4,
+            lr=1e-3,
+            tta=2,
+        )
+    )
     torch.manual_seed(0)
     path = tmp_path / f"{kind}.pt"
     torch.save({"model": create_model(kind, settings.backbone).state_dict(), "settings": settings.to_dict()}, path)
@@ -66,7 +83,7 @@ def test_image_with_more_than_255_cells_flows_to_the_submission(tmp_path):
     predictions = []
     for kind in ("image", "cell"):
         settings, checkpoint = untrained_checkpoint(tmp_path, kind)
-        data = TrainingData(index_paths=[], folds_paths=[], cells_paths=[paths["cells"]])
+        data = ModelData(index_paths=[], folds_paths=[], cells_paths=[paths["cells"]])
         if kind == "image":
             data.images_paths, data.masks_paths = [paths["images"]], [paths["resized"]]
         else:
@@ -74,7 +91,9 @@ def test_image_with_more_than_255_cells_flows_to_the_submission(tmp_path):
         predictions.append(tmp_path / f"{kind}_test.zarr")
         predict_split(settings, checkpoint, data, predictions[-1], None, "cpu", 1)
         assert read_predictions(predictions[-1]).n_cells == n_cells
-    make_submission(predictions, [paths["cells"]], [paths["masks"]], paths["index"], 20000, 8000, tmp_path / "submission.csv")
+    make_submission(
+        predictions, [paths["cells"]], [paths["masks"]], paths["index"], 20000, 8000, tmp_path / "submission.csv"
+    )
     report = check_submission(tmp_path / "submission.csv", paths["data"] / "test", paths["index"])
     assert report.cells == n_cells and report.empty_images == 1
     rows = read_submission(tmp_path / "submission.csv").set_index("ID")
@@ -90,7 +109,7 @@ def test_image_with_more_than_255_cells_flows_to_the_submission(tmp_path):
 def fake_predictions(cells_path: Path, value: float) -> PredictionSet:
     table = read_cell_table(cells_path)
     probs = np.full((table.n_cells, 19, 2), value, np.float32)
-    return PredictionSet(table.ids, table.offsets, table.instance, probs, np.full((len(table.ids), 19, 2), value, np.float32))
+    return PredictionSet(table.identity(), probs, np.full((len(table.ids), 19, 2), value, np.float32))
 
 
 def test_scores_are_the_member_mean_scaled_by_area(tmp_path):
@@ -101,8 +120,15 @@ def test_scores_are_the_member_mean_scaled_by_area(tmp_path):
     paths = make_test_set(tmp_path, {"img": (channels, mask)})
     for name, value in (("a", 0.2), ("b", 0.6)):
         write_predictions(tmp_path / f"{name}.zarr", fake_predictions(paths["cells"], value))
-    make_submission([tmp_path / "a.zarr", tmp_path / "b.zarr"], [paths["cells"]], [paths["masks"]], paths["index"],
-                    800, 1200, tmp_path / "submission.csv")
+    make_submission(
+        [tmp_path / "a.zarr", tmp_path / "b.zarr"],
+        [paths["cells"]],
+        [paths["masks"]],
+        paths["index"],
+        800,
+        1200,
+        tmp_path / "submission.csv",
+    )
     detections = parse_prediction_string(read_submission(tmp_path / "submission.csv").loc[0, "PredictionString"])
     confidences = [d.score for d in detections]
     assert confidences[:19] == pytest.approx([0.4 * 400 / 800] * 19)  # edge: x0.5
@@ -114,8 +140,29 @@ def test_predictions_of_other_cells_are_refused(tmp_path):
     mask[10:30, 10:30] = 1
     paths = make_test_set(tmp_path, {"img": (np.full((4, 64, 64), 30, np.uint8), mask)})
     wrong = fake_predictions(paths["cells"], 0.5)
-    wrong.instance = wrong.instance + 1
+    wrong.cells.instance = wrong.instance + 1
     write_predictions(tmp_path / "wrong.zarr", wrong)
     with pytest.raises(InputDataError, match="cells of image img differ"):
-        make_submission([tmp_path / "wrong.zarr"], [paths["cells"]], [paths["masks"]], paths["index"], 0, 0, tmp_path / "s.csv")
+        make_submission(
+            [tmp_path / "wrong.zarr"], [paths["cells"]], [paths["masks"]], paths["index"], 0, 0, tmp_path / "s.csv"
+        )
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_area_scale_examples_from_the_original():
+    area = np.array([40_000, 16_000, 100_000, 40_000, 16_000, 1_000])
+    edge = np.array([True, False, True, False, True, False])
+    scale = area_scale(area, edge, edge_threshold=80_000, center_threshold=32_000)
+    np.testing.assert_allclose(scale, [0.5, 0.5, 1.0, 1.0, 0.2, 1_000 / 32_000])
+    assert scale.dtype == np.float64
+
+
+def test_area_scale_thresholds_at_or_below_zero_disable_their_branch():
+    area = np.array([40_000, 16_000])
+    edge = np.array([True, False])
+    np.testing.assert_array_equal(area_scale(area, edge, -1, -1), [1.0, 1.0])
+    np.testing.assert_allclose(area_scale(area, edge, 0, 32_000), [1.0, 0.5])
+    np.testing.assert_allclose(area_scale(area, edge, 80_000, 0), [0.5, 1.0])
+    assert area_scale(np.zeros(0), np.zeros(0, bool), 80_000, 32_000).shape == (0,)
+    with pytest.raises(PipelineError):
+        area_scale(area, edge[:1], 1, 1)

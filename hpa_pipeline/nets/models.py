@@ -12,6 +12,7 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -22,9 +23,18 @@ from hpa_pipeline.labels import N_CLASSES
 
 ModelKind = Literal["image", "cell"]
 
+#: Input normalisation of the original (albumentations Normalize(mean=0.5, std=0.125)).
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.125
+
 IMAGE_IN_CHANS = 4  # red, green, blue, yellow
 CELL_IN_CHANS = 8  # (centre crop, whole-cell crop) x 4 channels
 COSINE_SCALE_INIT = 20.0
+
+
+def normalize_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 4, H, W) -> float32 ``(x / 255 - 0.5) / 0.125``, the input of the CAM models."""
+    tensor = torch.as_tensor(images).float()
+    return (tensor / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
 
 class CosineConv1x1(nn.Module):
@@ -170,9 +180,7 @@ def _check_pretrained_tag(backbone: str) -> None:
         cfg = timm.models.get_pretrained_cfg(backbone)
     except RuntimeError:  # unknown tag after the dot
         cfg = None
-    has_source = cfg is not None and any(
-        getattr(cfg, key, None) for key in ("url", "file", "hf_hub_id", "state_dict")
-    )
+    has_source = cfg is not None and any(getattr(cfg, key, None) for key in ("url", "file", "hf_hub_id", "state_dict"))
     if not has_source:
         architecture = backbone.split(".", 1)[0]
         tags = timm.list_pretrained(f"{architecture}.*")
@@ -183,9 +191,7 @@ def _check_pretrained_tag(backbone: str) -> None:
         )
 
 
-def _build_backbone(
-    backbone: str, in_chans: int, pretrained: bool, pretrained_file: str | Path | None
-) -> nn.Module:
+def _build_backbone(backbone: str, in_chans: int, pretrained: bool, pretrained_file: str | Path | None) -> nn.Module:
     kwargs: dict[str, Any] = dict(pretrained=pretrained, num_classes=0, in_chans=in_chans)
     if pretrained_file is not None:
         path = Path(pretrained_file)
@@ -222,7 +228,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     # Checkpoints saved from DataParallel/DDP or torch.compile carry a prefix on every key.
     for prefix in ("module.", "_orig_mod."):
         if checkpoint and all(key.startswith(prefix) for key in checkpoint):
-            checkpoint = {key[len(prefix):]: value for key, value in checkpoint.items()}
+            checkpoint = {key[len(prefix) :]: value for key, value in checkpoint.items()}
     return checkpoint
 
 
@@ -331,7 +337,9 @@ def create_optimizer(name: str, params: Any, lr: float, **kwargs: Any) -> torch.
     }
     cls = classes.get(name.lower())
     if cls is None:
-        raise ConfigError(f"unknown optimizer {name!r}: torch.optim has {', '.join(sorted(c.__name__ for c in classes.values()))}")
+        raise ConfigError(
+            f"unknown optimizer {name!r}: torch.optim has {', '.join(sorted(c.__name__ for c in classes.values()))}"
+        )
     try:
         return cls(params, lr=lr, **kwargs)
     except (TypeError, ValueError) as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.io.cells import CellTable, concat_cell_tables
 from hpa_pipeline.io.stores import (
     TABLE_COMPRESSORS,
     atomic_store,
@@ -22,46 +23,48 @@ from hpa_pipeline.io.stores import (
     write_strings,
     write_table,
 )
-from hpa_pipeline.labels import N_CLASSES
 
 
 @dataclass
 class PredictionSet:
-    """Predictions for a sequence of images.
+    """Predictions for the cells of a sequence of images.
 
     Attributes:
-        ids: (n,) image IDs.
-        offsets: (n + 1,) int64; the cells of image i are rows ``offsets[i]:offsets[i + 1]``.
-        instance: (n_cells,) int32 mask values.
+        cells: the images and their cells (identity only).
         probs: (n_cells, 19, n_views) float32 cell probabilities (views = TTA, or 1 after averaging).
         image_probs: (n, 19, n_views) float32 image probabilities.
     """
 
-    ids: list[str]
-    offsets: np.ndarray
-    instance: np.ndarray
+    cells: CellTable
     probs: np.ndarray
     image_probs: np.ndarray
 
     @property
+    def ids(self) -> list[str]:
+        return self.cells.ids
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self.cells.offsets
+
+    @property
+    def instance(self) -> np.ndarray:
+        return self.cells.instance
+
+    @property
     def n_cells(self) -> int:
-        return int(self.offsets[-1])
+        return self.cells.n_cells
 
     def mean_views(self) -> PredictionSet:
         """Average the TTA views away (keeps a views axis of length 1)."""
         return PredictionSet(
-            self.ids, self.offsets, self.instance,
+            self.cells,
             self.probs.mean(axis=2, keepdims=True, dtype=np.float64).astype(np.float32),
             self.image_probs.mean(axis=2, keepdims=True, dtype=np.float64).astype(np.float32),
         )
 
     def image_rows(self) -> dict[str, int]:
         return {image_id: row for row, image_id in enumerate(self.ids)}
-
-
-def empty_predictions(n_views: int) -> PredictionSet:
-    return PredictionSet([], np.zeros(1, np.int64), np.zeros(0, np.int32),
-                         np.zeros((0, N_CLASSES, n_views), np.float32), np.zeros((0, N_CLASSES, n_views), np.float32))
 
 
 def write_predictions(path: str | Path, predictions: PredictionSet, **attrs: object) -> None:
@@ -71,10 +74,15 @@ def write_predictions(path: str | Path, predictions: PredictionSet, **attrs: obj
         write_table(group, "offsets", predictions.offsets.astype(np.int64))
         write_table(group, "instance", predictions.instance.astype(np.int32))
         for name in ("probs", "image_probs"):
-            values = np.ascontiguousarray(predictions.__dict__[name], dtype=np.float32)
+            values = np.ascontiguousarray(getattr(predictions, name), dtype=np.float32)
             chunk_rows = max(1, min(len(values), 65536))
-            array = group.create_array(name, shape=values.shape, dtype="float32",
-                                       chunks=(chunk_rows, *values.shape[1:]), compressors=TABLE_COMPRESSORS)
+            array = group.create_array(
+                name,
+                shape=values.shape,
+                dtype="float32",
+                chunks=(chunk_rows, *values.shape[1:]),
+                compressors=TABLE_COMPRESSORS,
+            )
             if values.size:
                 array[...] = values
 
@@ -82,10 +90,8 @@ def write_predictions(path: str | Path, predictions: PredictionSet, **attrs: obj
 def read_predictions(path: str | Path) -> PredictionSet:
     """Read a prediction store."""
     group = open_store(path, "predictions")
-    return PredictionSet(
-        read_strings(group, "ids"), group["offsets"][...], group["instance"][...],
-        group["probs"][...], group["image_probs"][...],
-    )
+    cells = CellTable(read_strings(group, "ids"), group["offsets"][...], group["instance"][...])
+    return PredictionSet(cells, group["probs"][...], group["image_probs"][...])
 
 
 def concat_predictions(parts: Sequence[PredictionSet]) -> PredictionSet:
@@ -95,13 +101,8 @@ def concat_predictions(parts: Sequence[PredictionSet]) -> PredictionSet:
     views = {part.probs.shape[2] for part in parts}
     if len(views) > 1:
         raise InputDataError(f"prediction sets with different numbers of views {sorted(views)}")
-    offsets = [np.zeros(1, np.int64)]
-    for part in parts:
-        offsets.append(part.offsets[1:] + offsets[-1][-1])
     return PredictionSet(
-        [image_id for part in parts for image_id in part.ids],
-        np.concatenate(offsets),
-        np.concatenate([part.instance for part in parts]).astype(np.int32),
+        concat_cell_tables([part.cells for part in parts]),
         np.concatenate([part.probs for part in parts]),
         np.concatenate([part.image_probs for part in parts]),
     )
@@ -116,28 +117,27 @@ def select_images(predictions: PredictionSet, ids: Sequence[str], source: str = 
     if missing:
         raise InputDataError(f"{source} lacks image(s) {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
     order = np.array([rows[image_id] for image_id in ids], dtype=np.int64)
-    counts = np.diff(predictions.offsets)[order]
-    cell_rows = (
-        np.concatenate([np.arange(predictions.offsets[row], predictions.offsets[row + 1]) for row in order])
-        if len(order) else np.zeros(0, np.int64)
-    ).astype(np.int64)
     return PredictionSet(
-        list(ids), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        predictions.instance[cell_rows], predictions.probs[cell_rows], predictions.image_probs[order],
+        predictions.cells.subset(order),
+        predictions.probs[predictions.cells.cell_rows(order)],
+        predictions.image_probs[order],
     )
 
 
-def check_same_cells(predictions: PredictionSet, ids: Sequence[str], offsets: np.ndarray, instance: np.ndarray, source: str) -> None:
-    """Raise unless ``predictions`` holds exactly the given images and cells, in the same order."""
+def check_same_cells(predictions: PredictionSet, cells: CellTable, source: str) -> None:
+    """Raise unless ``predictions`` holds exactly the images and cells of ``cells``, in the same order."""
+    ids, offsets, instance = cells.ids, cells.offsets, cells.instance
     if list(predictions.ids) != list(ids):
-        raise InputDataError(f"{source}: its images differ from the expected ones (first difference at "
-                             f"{_first_difference(predictions.ids, ids)})")
+        raise InputDataError(
+            f"{source}: its images differ from the expected ones (first difference at "
+            f"{_first_difference(predictions.ids, ids)})"
+        )
     if not np.array_equal(predictions.offsets, offsets) or not np.array_equal(predictions.instance, instance):
         counts = np.diff(predictions.offsets)
         expected = np.diff(offsets)
         for row, image_id in enumerate(ids):
-            mine = predictions.instance[predictions.offsets[row]:predictions.offsets[row + 1]]
-            theirs = instance[offsets[row]:offsets[row + 1]]
+            mine = predictions.instance[predictions.offsets[row] : predictions.offsets[row + 1]]
+            theirs = instance[offsets[row] : offsets[row + 1]]
             if counts[row] != expected[row] or not np.array_equal(mine, theirs):
                 raise InputDataError(
                     f"{source}: the cells of image {image_id} differ ({len(mine)} cells {mine[:8].tolist()} vs "
@@ -145,11 +145,31 @@ def check_same_cells(predictions: PredictionSet, ids: Sequence[str], offsets: np
                 )
 
 
-def align_to_cells(predictions: PredictionSet, ids: Sequence[str], offsets: np.ndarray, instance: np.ndarray, source: str) -> PredictionSet:
-    """Reorder ``predictions`` to the images ``ids`` and check that every image has the same cells."""
-    aligned = select_images(predictions, ids, source)
-    check_same_cells(aligned, ids, offsets, instance, source)
+def align_to_cells(predictions: PredictionSet, cells: CellTable, source: str) -> PredictionSet:
+    """Reorder ``predictions`` to the images of ``cells`` and check that every image has the same cells."""
+    aligned = select_images(predictions, cells.ids, source)
+    check_same_cells(aligned, cells, source)
     return aligned
+
+
+def average_predictions(members: Sequence[PredictionSet], sources: Sequence[str]) -> PredictionSet:
+    """Equal-weight average of several prediction sets over the same cells (TTA views averaged first).
+
+    The first member fixes the image order; every other member is aligned to it by identity.
+    """
+    if not members:
+        raise InputDataError("an ensemble needs at least one member")
+    reference = members[0].mean_views()
+    total_cells = reference.probs.astype(np.float64)
+    total_images = reference.image_probs.astype(np.float64)
+    for member, source in zip(members[1:], sources[1:]):
+        aligned = align_to_cells(member.mean_views(), reference.cells, source)
+        total_cells += aligned.probs
+        total_images += aligned.image_probs
+    count = len(members)
+    return PredictionSet(
+        reference.cells, (total_cells / count).astype(np.float32), (total_images / count).astype(np.float32)
+    )
 
 
 def _first_difference(left: Sequence[str], right: Sequence[str]) -> str:

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from hpa_pipeline.errors import InputDataError, PipelineError
-from hpa_pipeline.labels import N_CLASSES
-from hpa_pipeline.metrics import (
+from hpa_pipeline.kaggle.metric import (
     MAX_DETECTIONS_PER_CLASS,
     ImageEval,
     _Pool,
@@ -20,12 +19,13 @@ from hpa_pipeline.metrics import (
     evaluate_submission,
     label_iou,
 )
-from hpa_pipeline.submission import (
+from hpa_pipeline.kaggle.submission import (
     encode_binary_mask,
     encode_cell_masks,
     format_prediction_string,
     write_submission,
 )
+from hpa_pipeline.labels import N_CLASSES
 
 _SHARED = Path(__file__).resolve().parents[2] / "shared"
 REALDATA = (_SHARED if _SHARED.is_dir() else Path("/work/shared")) / "realdata" / "hpa_samples"
@@ -70,8 +70,12 @@ def submission_from_items(path: Path, items: dict[str, ImageEval]) -> Path:
         cells = sorted(item.pred_scores)
         probs = np.array([item.pred_scores[c] for c in cells]).reshape(len(cells), N_CLASSES)
         rows.append(
-            (image_id, item.pred_labels.shape[1], item.pred_labels.shape[0],
-             format_prediction_string(probs, encode_cell_masks(item.pred_labels, cells)))
+            (
+                image_id,
+                item.pred_labels.shape[1],
+                item.pred_labels.shape[0],
+                format_prediction_string(probs, encode_cell_masks(item.pred_labels, cells)),
+            )
         )
     write_submission(path, rows)
     return path
@@ -79,7 +83,9 @@ def submission_from_items(path: Path, items: dict[str, ImageEval]) -> Path:
 
 def both_ways(tmp_path: Path, items: dict[str, ImageEval]):
     """Score the same predictions with both entry points; they must agree exactly."""
-    by_labels = evaluate_label_masks(ImageEval(i.truth_labels, i.truth_classes, i.pred_labels, i.pred_scores, k) for k, i in items.items())
+    by_labels = evaluate_label_masks(
+        ImageEval(i.truth_labels, i.truth_classes, i.pred_labels, i.pred_scores, k) for k, i in items.items()
+    )
     path = submission_from_items(tmp_path / "submission.csv", items)
     by_submission = evaluate_submission(path, {k: (i.truth_labels, i.truth_classes) for k, i in items.items()})
     assert by_labels.ap_per_class == by_submission.ap_per_class
@@ -89,7 +95,7 @@ def both_ways(tmp_path: Path, items: dict[str, ImageEval]):
     return by_labels
 
 
-# ---------------------------------------------------------------------------------------------- AP core
+# -------------------- AP core
 
 
 def test_average_precision_hand_computed():
@@ -122,7 +128,7 @@ def test_hand_computed_ranked_list_end_to_end(tmp_path):
     assert result.n_truth_per_class[0] == 3
 
 
-# ---------------------------------------------------------------------------------------------- semantics
+# -------------------- semantics
 
 
 def test_perfect_prediction_scores_one(tmp_path):
@@ -196,12 +202,16 @@ def test_prediction_for_a_class_absent_from_the_image_has_no_effect(tmp_path):
     truth[0:5, 0:5], truth[10:15, 10:15] = 1, 2
     pred = np.zeros(shape, np.uint8)
     pred[0:5, 0:5], pred[15:20, 0:5] = 1, 2  # cell 2 is a false detection
-    base = {"imgA": ImageEval(truth, {1: [0]}, truth, {1: scores(c0=0.5)}),
-            "imgB": ImageEval(truth, {1: [0], 2: [3]}, pred, {1: scores(c0=0.4), 2: scores(c0=0.1)})}
+    base = {
+        "imgA": ImageEval(truth, {1: [0]}, truth, {1: scores(c0=0.5)}),
+        "imgB": ImageEval(truth, {1: [0], 2: [3]}, pred, {1: scores(c0=0.4), 2: scores(c0=0.1)}),
+    }
     reference = both_ways(tmp_path, base)
     # Confident predictions of class 3 in imgA (whose truth has no class 3) and of class 7 everywhere.
-    noisy = {"imgA": ImageEval(truth, {1: [0]}, truth, {1: scores(c0=0.5, c3=0.99, c7=1.0)}),
-             "imgB": ImageEval(truth, {1: [0], 2: [3]}, pred, {1: scores(c0=0.4, c7=1.0), 2: scores(c0=0.1, c7=1.0)})}
+    noisy = {
+        "imgA": ImageEval(truth, {1: [0]}, truth, {1: scores(c0=0.5, c3=0.99, c7=1.0)}),
+        "imgB": ImageEval(truth, {1: [0], 2: [3]}, pred, {1: scores(c0=0.4, c7=1.0), 2: scores(c0=0.1, c7=1.0)}),
+    }
     result = both_ways(tmp_path, noisy)
     assert result.ap_per_class == reference.ap_per_class
     assert result.n_detections_per_class == reference.n_detections_per_class
@@ -235,8 +245,10 @@ def test_class_with_truth_but_no_detections_scores_zero(tmp_path):
 def test_images_without_truth_only_ignore_their_detections(tmp_path):
     truth, pred = strip_image(100)
     blank = np.zeros_like(truth)
-    items = {"labelled": ImageEval(truth, {1: [2]}, pred, {1: scores(c2=0.3)}),
-             "unlabelled": ImageEval(blank, {}, pred, {1: scores(c2=0.9)})}
+    items = {
+        "labelled": ImageEval(truth, {1: [2]}, pred, {1: scores(c2=0.3)}),
+        "unlabelled": ImageEval(blank, {}, pred, {1: scores(c2=0.9)}),
+    }
     assert both_ways(tmp_path, items).map == 1.0
 
 
@@ -255,7 +267,7 @@ def test_pooling_over_images(tmp_path):
     assert both_ways(tmp_path, items).ap_per_class[0] == pytest.approx(5 / 9)
 
 
-# ---------------------------------------------------------------------------------------------- ties, limits
+# -------------------- ties, limits
 
 
 def test_score_ties_between_images_go_to_the_earlier_image(tmp_path):
@@ -299,7 +311,7 @@ def test_at_most_10000_detections_per_image_and_class():
     assert result.ap_per_class[0] == 0.0 and result.n_detections_per_class[0] == MAX_DETECTIONS_PER_CLASS
 
 
-# ---------------------------------------------------------------------------------------------- both entry points on real masks
+# -------------------- both entry points on real masks
 
 
 @needs_realdata
@@ -318,12 +330,14 @@ def test_entry_points_agree_on_real_masks(tmp_path):
         split[: truth.shape[0] // 2] = False
         pred[split] = 500
         pred_cells = [int(c) for c in np.unique(pred) if c]
-        items[path.name[:8]] = ImageEval(truth, classes, pred, {c: np.round(rng.random(N_CLASSES), 1) for c in pred_cells})
+        items[path.name[:8]] = ImageEval(
+            truth, classes, pred, {c: np.round(rng.random(N_CLASSES), 1) for c in pred_cells}
+        )
     result = both_ways(tmp_path, items)
     assert 0.0 < result.map < 1.0
 
 
-# ---------------------------------------------------------------------------------------------- errors
+# -------------------- errors
 
 
 def test_errors_name_the_image(tmp_path):
@@ -350,7 +364,7 @@ def test_errors_name_the_image(tmp_path):
         evaluate_submission(path, {"imgA": (truth, {4: [0]})})
 
 
-# ---------------------------------------------------------------------------------------------- cross-checks
+# -------------------- cross-checks
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
@@ -381,8 +395,10 @@ def _naive_map(items: list[ImageEval], threshold: float = 0.6) -> dict[int, floa
             gts = [item.truth_labels == cell for cell in sorted(item.truth_classes) if cls in item.truth_classes[cell]]
             n_truth[cls] = n_truth.get(cls, 0) + len(gts)
             dets = sorted(
-                ((float(item.pred_scores[cell][cls]), position, item.pred_labels == cell)
-                 for position, cell in enumerate(sorted(item.pred_scores))),
+                (
+                    (float(item.pred_scores[cell][cls]), position, item.pred_labels == cell)
+                    for position, cell in enumerate(sorted(item.pred_scores))
+                ),
                 key=lambda d: (-d[0], d[1]),
             )
             taken: set[int] = set()
@@ -406,7 +422,9 @@ def _naive_map(items: list[ImageEval], threshold: float = 0.6) -> dict[int, floa
         recall.append(1.0)
         for i in range(len(precision) - 2, -1, -1):
             precision[i] = max(precision[i], precision[i + 1])
-        result[cls] = sum((recall[i] - recall[i - 1]) * precision[i] for i in range(1, len(recall)) if recall[i] != recall[i - 1])
+        result[cls] = sum(
+            (recall[i] - recall[i - 1]) * precision[i] for i in range(1, len(recall)) if recall[i] != recall[i - 1]
+        )
     return result
 
 

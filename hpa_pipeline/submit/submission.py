@@ -1,4 +1,5 @@
-"""The submission stage: average the members' test predictions, scale by cell area, encode, write.
+"""The submission (rule make_submission): average the members' test predictions, scale by cell area,
+encode, write.
 
 Every class score of a cell is multiplied by min(1, area / threshold), with the edge threshold for
 cells touching the first or last row or column of the original-size mask and the centre threshold for
@@ -13,23 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hpa_pipeline.ensemble import average_predictions
-from hpa_pipeline.errors import InputDataError
-from hpa_pipeline.io.channels import image_shape
+from hpa_pipeline.errors import InputDataError, PipelineError
+from hpa_pipeline.io.cells import read_cell_table
+from hpa_pipeline.io.index import read_index
+from hpa_pipeline.io.masks import read_labels
+from hpa_pipeline.io.predictions import align_to_cells, average_predictions, read_predictions
 from hpa_pipeline.io.stores import open_store, read_strings
-from hpa_pipeline.labels import read_test_table
-from hpa_pipeline.predictions import align_to_cells, read_predictions
-from hpa_pipeline.preprocess.index import read_index
-from hpa_pipeline.preprocess.masks import read_cell_table, resize_labels
+from hpa_pipeline.kaggle.submission import encode_cell_masks, format_prediction_string, write_submission
 from hpa_pipeline.progress import progress
-from hpa_pipeline.submission import (
-    SubmissionReport,
-    area_scale,
-    encode_cell_masks,
-    format_prediction_string,
-    validate_submission,
-    write_submission,
-)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +54,7 @@ def make_submission(
         masks = open_store(masks_path, "masks")
         if read_strings(masks, "ids") != table.ids:
             raise InputDataError(f"{masks_path} and {cells_path} hold different images (rebuild the shard)")
-        shard = align_to_cells(average, table.ids, table.offsets, table.instance, f"averaged test predictions vs {cells_path}")
+        shard = align_to_cells(average, table, f"averaged test predictions vs {cells_path}")
         scale = area_scale(table.area, table.touches_edge, edge_threshold, center_threshold)
         scores = shard.probs[:, :, 0].astype(np.float64) * scale[:, None]
         for row in progress(range(len(table.ids)), "encode", total=len(table.ids), unit="img"):
@@ -70,10 +62,8 @@ def make_submission(
             cells = slice(table.offsets[row], table.offsets[row + 1])
             instances = table.instance[cells]
             if len(instances):
-                labels = masks["labels"][str(row)][...]
-                if labels.shape != (height, width):  # segmented from a resized image: back to the original size
-                    labels = resize_labels(labels, height, width)
-                encoded = encode_cell_masks(labels, instances)
+                # a shard segmented from a resized image goes back to the original size
+                encoded = encode_cell_masks(read_labels(masks, row, (height, width)), instances)
             else:
                 encoded = []
             rows_by_id[table.ids[row]] = (width, height, format_prediction_string(scores[cells], encoded))
@@ -84,16 +74,25 @@ def make_submission(
     log.info("%d images, %d cells -> %s", len(expected_ids), average.n_cells, out_path)
 
 
-def expected_sizes(image_dir: Path, table_path: Path) -> dict[str, tuple[int, int]]:
-    """Image ID -> (width, height) of every test image of ``sample_submission.csv`` (or an index),
-    from the channel files' headers."""
-    sizes = {}
-    for image_id in read_test_table(table_path)["ID"]:
-        height, width = image_shape(image_dir, image_id)
-        sizes[image_id] = (width, height)
-    return sizes
+def area_scale(
+    area: np.ndarray, touches_edge: np.ndarray, edge_threshold: float, center_threshold: float
+) -> np.ndarray:
+    """Confidence factor of each cell: ``min(1, area / threshold)``, the original's small-cell penalty.
 
+    Edge cells (``touches_edge``) use ``edge_threshold``, the others ``center_threshold``; a threshold
+    ``<= 0`` disables its branch (factor 1). Areas are pixel counts at the original image resolution.
 
-def check_submission(submission_path: Path, image_dir: Path, table_path: Path) -> SubmissionReport:
-    """Validate a submission against the test images listed in ``table_path`` (decodes every mask)."""
-    return validate_submission(submission_path, expected_sizes(image_dir, table_path))
+    Returns:
+        float64 factors, one per cell.
+    """
+    area = np.asarray(area, dtype=np.float64)
+    edge = np.asarray(touches_edge, dtype=bool)
+    if area.shape != edge.shape:
+        raise PipelineError(f"area_scale: area {area.shape} and touches_edge {edge.shape} differ in shape")
+
+    def factor(threshold: float) -> np.ndarray:
+        if threshold <= 0:
+            return np.ones_like(area)
+        return np.minimum(1.0, area / float(threshold))
+
+    return np.where(edge, factor(edge_threshold), factor(center_threshold))

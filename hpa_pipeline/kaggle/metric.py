@@ -42,8 +42,8 @@ import numpy as np
 import pycocotools.mask as mask_utils
 
 from hpa_pipeline.errors import InputDataError, PipelineError
+from hpa_pipeline.kaggle.submission import cell_rles, format_problems, scan_submission
 from hpa_pipeline.labels import CLASS_NAMES, N_CLASSES
-from hpa_pipeline.submission import cell_rles, format_problems, scan_submission
 
 #: Mask IoU a detection needs to be a true positive.
 IOU_THRESHOLD: float = 0.6
@@ -232,7 +232,10 @@ def _pair_counts(truth_labels: np.ndarray, pred_labels: np.ndarray, truth_cells:
         # 8-bit masks (the Kaggle ones): a 256x256 joint histogram of the raw values, ~8x faster than bincount.
         hist = cv2.calcHist(
             [np.ascontiguousarray(truth_labels), np.ascontiguousarray(pred_labels)],
-            [0, 1], None, [256, 256], [0, 256, 0, 256],
+            [0, 1],
+            None,
+            [256, 256],
+            [0, 256, 0, 256],
         ).astype(np.int64)
         hist = np.pad(hist, ((0, 1), (0, 1)))  # index 256 = a cell value that cannot occur: zero counts
         rows = np.concatenate(([0], np.minimum(truth_cells, 256)))
@@ -340,7 +343,7 @@ def evaluate_submission(
     """Score a submission CSV against ground-truth label masks, as the competition did.
 
     Args:
-        submission_path: the CSV. It is checked like :func:`hpa_pipeline.submission.validate_submission`,
+        submission_path: the CSV. It is checked like :func:`hpa_pipeline.kaggle.submission.validate_submission`,
             with the truth masks' sizes as the expected image sizes (one row per truth image, no other rows).
         truth: image ID -> (truth label mask at the image's true resolution, cell value -> classes). Ties
             between images go to the earlier one in this mapping's order.

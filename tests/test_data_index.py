@@ -1,12 +1,8 @@
 import pytest
 
+from hpa_pipeline.data.index import build_index
 from hpa_pipeline.errors import InputDataError
-from hpa_pipeline.preprocess.index import (
-    build_index,
-    read_index,
-    shard_ids,
-    write_index,
-)
+from hpa_pipeline.io.index import read_index, shard_ids, write_index
 
 
 def test_shards_are_contiguous_blocks_in_table_order(tiny_dataset, tmp_path):

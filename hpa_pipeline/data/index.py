@@ -1,4 +1,4 @@
-"""The image index of a dataset: its IDs in canonical (table) order, their labels and their shard.
+"""Building a dataset's image index (rule index_images): its IDs in table order, labels and shards.
 
 Building the index checks every channel file up front, so a missing file is reported before hours of
 work, with the full list of what is missing.
@@ -13,10 +13,7 @@ import pandas as pd
 
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import CHANNELS, IMAGE_SUFFIXES
-from hpa_pipeline.io.files import atomic_file
 from hpa_pipeline.labels import read_test_table, read_train_table
-
-INDEX_COLUMNS = ("ID", "shard", "Label")
 
 
 def build_index(image_dir: str | Path, table_path: str | Path, kind: str, n_shards: int) -> pd.DataFrame:
@@ -57,26 +54,3 @@ def build_index(image_dir: str | Path, table_path: str | Path, kind: str, n_shar
         }
     )
     return index
-
-
-def write_index(path: str | Path, index: pd.DataFrame) -> None:
-    """Write the index CSV atomically."""
-    with atomic_file(path, "w", newline="") as handle:
-        index.to_csv(handle, index=False)
-
-
-def read_index(path: str | Path) -> pd.DataFrame:
-    """Read an index written by :func:`write_index`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputDataError(f"missing image index {path}")
-    index = pd.read_csv(path, dtype={"ID": str, "shard": int, "Label": str}, keep_default_na=False)
-    missing = [column for column in INDEX_COLUMNS if column not in index.columns]
-    if missing:
-        raise InputDataError(f"{path}: not an image index (missing column(s) {', '.join(missing)})")
-    return index
-
-
-def shard_ids(index: pd.DataFrame, shard: int) -> list[str]:
-    """IDs of one shard, in canonical order."""
-    return index.loc[index["shard"] == shard, "ID"].tolist()

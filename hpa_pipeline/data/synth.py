@@ -49,8 +49,24 @@ SAMPLE_PREDICTION: str = "0 1 eNoLCAgIMAEABJkBdQ=="
 # Peak green brightness (0-255 scale, before per-image and per-cell variation) of each class: point-like
 # patterns are brighter than diffuse ones, as in HPA stainings.
 _GREEN_PEAK: dict[int, float] = {
-    0: 80.0, 1: 130.0, 2: 160.0, 3: 200.0, 4: 150.0, 5: 210.0, 6: 150.0, 7: 170.0, 8: 200.0, 9: 190.0,
-    10: 190.0, 11: 220.0, 12: 230.0, 13: 130.0, 14: 170.0, 15: 240.0, 16: 75.0, 17: 190.0,
+    0: 80.0,
+    1: 130.0,
+    2: 160.0,
+    3: 200.0,
+    4: 150.0,
+    5: 210.0,
+    6: 150.0,
+    7: 170.0,
+    8: 200.0,
+    9: 190.0,
+    10: 190.0,
+    11: 220.0,
+    12: 230.0,
+    13: 130.0,
+    14: 170.0,
+    15: 240.0,
+    16: 75.0,
+    17: 190.0,
 }
 
 
@@ -200,9 +216,7 @@ def _shape_distance_box(
     return fine[: y1 - y0, : x1 - x0]
 
 
-def _sample_points(
-    rng: np.random.Generator, mask: np.ndarray, k: int, weights: np.ndarray | None = None
-) -> np.ndarray:
+def _sample_points(rng: np.random.Generator, mask: np.ndarray, k: int, weights: np.ndarray | None = None) -> np.ndarray:
     """`k` random (y, x) positions inside a boolean mask (optionally weighted); empty array if the mask is."""
     ys, xs = np.nonzero(mask)
     if len(ys) == 0 or k <= 0:
@@ -304,9 +318,7 @@ def _place_cells(rng: np.random.Generator, h: int, w: int, n: int) -> tuple[list
         margin_y = min(0.25 * radii[i], h / 4)
         margin_x = min(0.25 * radii[i], w / 4)
         while True:
-            cand = np.stack(
-                [rng.uniform(margin_y, h - margin_y, 48), rng.uniform(margin_x, w - margin_x, 48)], axis=1
-            )
+            cand = np.stack([rng.uniform(margin_y, h - margin_y, 48), rng.uniform(margin_x, w - margin_x, 48)], axis=1)
             if centres:
                 placed = np.asarray(centres)
                 dist = np.hypot(cand[:, None, 0] - placed[None, :, 0], cand[:, None, 1] - placed[None, :, 1])
@@ -462,8 +474,16 @@ def _nucleoli_mask(ctx: _Ctx) -> np.ndarray:
     canvas = ctx.canvas()
     for y, x, r in ctx.nucleoli:
         cv2.ellipse(
-            canvas, (_fx(x), _fx(y)), (max(1, _fx(r * 1.15)), max(1, _fx(r * 0.9))),
-            float(ctx.rng.uniform(0, 180)), 0, 360, 255, -1, cv2.LINE_AA, _SHIFT,
+            canvas,
+            (_fx(x), _fx(y)),
+            (max(1, _fx(r * 1.15)), max(1, _fx(r * 0.9))),
+            float(ctx.rng.uniform(0, 180)),
+            0,
+            360,
+            255,
+            -1,
+            cv2.LINE_AA,
+            _SHIFT,
         )
     ctx.nucleoli_mask = _to_unit(canvas) * ctx.nm
     return ctx.nucleoli_mask
@@ -524,8 +544,9 @@ def _p_golgi(ctx: _Ctx) -> np.ndarray:
         x = ex + along * tx + out * math.cos(angle)
         axes = (max(1, _fx(ctx.rn * ctx.rng.uniform(0.06, 0.14))), max(1, _fx(ctx.rn * ctx.rng.uniform(0.03, 0.06))))
         tilt = math.degrees(math.atan2(ty, tx)) + ctx.rng.normal(0, 25)
-        cv2.ellipse(canvas, (_fx(x), _fx(y)), axes, tilt, 0, 360, int(255 * ctx.rng.uniform(0.6, 1.0)), -1,
-                    cv2.LINE_AA, _SHIFT)
+        cv2.ellipse(
+            canvas, (_fx(x), _fx(y)), axes, tilt, 0, 360, int(255 * ctx.rng.uniform(0.6, 1.0)), -1, cv2.LINE_AA, _SHIFT
+        )
     return _to_unit(canvas) * ctx.cyto
 
 
@@ -560,8 +581,11 @@ def _p_actin(ctx: _Ctx) -> np.ndarray:
         a = direction + rng.normal(0, 0.06)
         py, px = cy + off * math.cos(direction), cx - off * math.sin(direction)
         half = 1.6 * cell.r * math.sqrt(cell.elong)
-        paths.append(np.array([[py - half * math.sin(a), px - half * math.cos(a)],
-                               [py + half * math.sin(a), px + half * math.cos(a)]]))
+        paths.append(
+            np.array(
+                [[py - half * math.sin(a), px - half * math.cos(a)], [py + half * math.sin(a), px + half * math.cos(a)]]
+            )
+        )
     _draw_paths(canvas, paths, _thick(ctx, 3), rng.uniform(0.4, 1.0, n))
     cortex = _ring(ctx.cm, _thick(ctx, 4)).astype(np.float32) * 0.6
     fibres = _to_unit(canvas) * ctx.cm * (0.5 + 0.5 * ctx.gran) * np.where(ctx.nm, 0.6, 1.0)
@@ -621,8 +645,9 @@ def _p_mitochondria(ctx: _Ctx) -> np.ndarray:
     area_scale = float(ctx.cyto.sum()) / max(1.0, (0.5 * ctx.cell.r) ** 2 * math.pi * 4)
     n = int(np.clip(rng.integers(250, 450) * area_scale, 30, 900))
     starts = _sample_points(rng, ctx.cyto, n, weights=ctx.prof**0.7)
-    paths = _random_walks(rng, starts, rng.uniform(0, 2 * math.pi, len(starts)), 3,
-                          ctx.rn * rng.uniform(0.025, 0.05), 0.6)
+    paths = _random_walks(
+        rng, starts, rng.uniform(0, 2 * math.pi, len(starts)), 3, ctx.rn * rng.uniform(0.025, 0.05), 0.6
+    )
     _draw_paths(canvas, paths, _thick(ctx, 2), rng.uniform(0.4, 1.0, len(paths)))
     return _to_unit(canvas) * ctx.cyto
 
@@ -726,8 +751,11 @@ def _assign_labels(
     for c in image_classes:
         if any(c in labels for labels in shown.values()):
             continue
-        hosts = [k for k in (plain if c not in MITOTIC_COMPATIBLE else range(1, n + 1))
-                 if c != MITOTIC_SPINDLE or k in mitotic]
+        hosts = [
+            k
+            for k in (plain if c not in MITOTIC_COMPATIBLE else range(1, n + 1))
+            if c != MITOTIC_SPINDLE or k in mitotic
+        ]
         if hosts:
             k = hosts[int(rng.integers(len(hosts)))]
             shown[k] = [x for x in image_classes if x in shown[k] or x == c]
@@ -746,8 +774,14 @@ def _assign_labels(
 
 
 def _finish_channel(
-    rng: np.random.Generator, signal: np.ndarray, blur: float, haze_sigma: float, haze: float, bg: float,
-    gain: float, read: float,
+    rng: np.random.Generator,
+    signal: np.ndarray,
+    blur: float,
+    haze_sigma: float,
+    haze: float,
+    bg: float,
+    gain: float,
+    read: float,
 ) -> np.ndarray:
     """Optics and camera: blur, out-of-focus haze, background, shot and read noise, 8-bit quantisation."""
     h, w = signal.shape
@@ -851,8 +885,21 @@ def render_field(
         ny, nx = float(nys.mean()), float(nxs.mean())
         rn = max(1.0, math.sqrt(len(nys) / math.pi)) if not cell.mitotic else 0.4 * cell.r
         ctx = _Ctx(
-            rng=rng, cell=cell, cm=cm, nm=nm, cyto=cyto, prof=prof, gran=gran[sl], ret=ret[sl], s=s,
-            ny=ny, nx=nx, rn=rn, mtoc=(ny, nx), nucleoli=[], mt=np.zeros(cm.shape, np.float32),
+            rng=rng,
+            cell=cell,
+            cm=cm,
+            nm=nm,
+            cyto=cyto,
+            prof=prof,
+            gran=gran[sl],
+            ret=ret[sl],
+            s=s,
+            ny=ny,
+            nx=nx,
+            rn=rn,
+            mtoc=(ny, nx),
+            nucleoli=[],
+            mt=np.zeros(cm.shape, np.float32),
         )
         if not cell.mitotic:
             ey, ex = _point_on_nucleus_edge(nm, ny, nx, rng.uniform(0, 2 * math.pi))
@@ -901,10 +948,12 @@ def render_field(
     haze_sigma = 0.6 * r0
     out = np.empty((4, h, w), dtype=np.uint8)
     for c, (haze, bg, gain, read) in enumerate(
-        [(0.06, rng.uniform(0.0, 1.5), 0.5, 1.2),  # red
-         (0.05, rng.uniform(0.0, 0.8), 0.5, 0.8),  # green
-         (0.02, 0.0, 0.4, 0.4),  # blue: nuclei on a nearly black background
-         (0.06, rng.uniform(0.0, 1.5), 0.5, 1.2)]  # yellow
+        [
+            (0.06, rng.uniform(0.0, 1.5), 0.5, 1.2),  # red
+            (0.05, rng.uniform(0.0, 0.8), 0.5, 0.8),  # green
+            (0.02, 0.0, 0.4, 0.4),  # blue: nuclei on a nearly black background
+            (0.06, rng.uniform(0.0, 1.5), 0.5, 1.2),
+        ]  # yellow
     ):
         out[c] = _finish_channel(rng, signal[c], blur, haze_sigma, haze, bg, gain, read)
     return SynthField(
@@ -960,8 +1009,12 @@ def render_preview(
     image = tiles[0]
     if len(tiles) > 1:
         th = tiles[0].shape[0]
-        tiles = [t if t.shape[0] == th else cv2.resize(t, (round(t.shape[1] * th / t.shape[0]), th),
-                                                       interpolation=cv2.INTER_AREA) for t in tiles]
+        tiles = [
+            t
+            if t.shape[0] == th
+            else cv2.resize(t, (round(t.shape[1] * th / t.shape[0]), th), interpolation=cv2.INTER_AREA)
+            for t in tiles
+        ]
         gap = max(2, th // 100)
         rows, positions = [], []
         for start in range(0, len(tiles), columns):
@@ -979,8 +1032,9 @@ def render_preview(
     scale = 1.0
     if max_side and max(image.shape[:2]) > max_side:
         scale = max_side / max(image.shape[:2])
-        image = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)),
-                           interpolation=cv2.INTER_AREA)
+        image = cv2.resize(
+            image, (round(image.shape[1] * scale), round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA
+        )
     for title, (py, px) in zip(titles or [], positions):
         # Captions are drawn after shrinking so that they stay legible.
         org = (int(px * scale) + 6, int(py * scale) + 18)
@@ -1041,8 +1095,10 @@ def plan_dataset(
     if min(base_h, base_w) < 32:
         raise ValueError(f"image_size too small: {image_size} (at least 32)")
     if n_train < 0 or n_test < 0 or not 0 <= empty_test_images <= n_test:
-        raise ValueError(f"need n_train, n_test >= 0 and 0 <= empty_test_images <= n_test "
-                         f"(got {n_train}, {n_test}, {empty_test_images})")
+        raise ValueError(
+            f"need n_train, n_test >= 0 and 0 <= empty_test_images <= n_test "
+            f"(got {n_train}, {n_test}, {empty_test_images})"
+        )
     specs = []
     for split, count in (("train", n_train), ("test", n_test)):
         # Cycle through a seeded order of the 19 classes: any 19 consecutive images cover every class.
@@ -1116,8 +1172,13 @@ def write_demo_dataset(
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     specs = plan_dataset(
-        n_train=n_train, n_test=n_test, image_size=image_size, cells_per_image=cells_per_image, seed=seed,
-        non_square_test=non_square_test, empty_test_images=empty_test_images,
+        n_train=n_train,
+        n_test=n_test,
+        image_size=image_size,
+        cells_per_image=cells_per_image,
+        seed=seed,
+        non_square_test=non_square_test,
+        empty_test_images=empty_test_images,
     )
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists already; remove it or pass overwrite=True")

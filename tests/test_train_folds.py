@@ -1,9 +1,8 @@
 import numpy as np
-import pandas as pd
 import pytest
 
-from hpa_pipeline.errors import ConfigError, InputDataError
-from hpa_pipeline.train.folds import make_folds, read_folds, write_folds
+from hpa_pipeline.errors import ConfigError
+from hpa_pipeline.train.folds import make_folds
 
 
 def _hpa_like_labels(n: int, seed: int) -> np.ndarray:
@@ -38,24 +37,3 @@ def test_fewer_images_than_folds_is_a_clear_error():
         make_folds(_hpa_like_labels(3, seed=0), 5, seed=0)
     with pytest.raises(ConfigError, match="at least 2"):
         make_folds(_hpa_like_labels(10, seed=0), 1, seed=0)
-
-
-def test_fold_table_round_trip(tmp_path):
-    path = tmp_path / "sub" / "folds.csv"
-    ids = ["a_1", "0012", "c"]
-    write_folds(path, ids, np.array([2, 0, 1]))
-    table = read_folds(path)
-    assert table["ID"].tolist() == ids  # IDs stay strings (leading zeros kept)
-    assert table["fold"].tolist() == [2, 0, 1] and table["fold"].dtype == np.int64
-    assert [p.name for p in path.parent.iterdir()] == ["folds.csv"]  # no temp file left
-
-
-def test_fold_table_errors_name_the_file(tmp_path):
-    with pytest.raises(InputDataError, match="missing fold table"):
-        read_folds(tmp_path / "none.csv")
-    bad = tmp_path / "bad.csv"
-    pd.DataFrame({"ID": ["a", "b"], "fold": ["0", "x"]}).to_csv(bad, index=False)
-    with pytest.raises(InputDataError, match=r"bad\.csv row 3"):
-        read_folds(bad)
-    with pytest.raises(InputDataError, match="2 IDs but 1"):
-        write_folds(tmp_path / "f.csv", ["a", "b"], np.array([0]))

@@ -1,4 +1,4 @@
-"""The HPA-SCC 2021 submission: mask encoding, confidence scaling, CSV writing and validation.
+"""The HPA-SCC 2021 submission format: mask encoding, prediction strings, the CSV and its validator.
 
 Everything here is a pure function on arrays or a single file, so the workflow can call it from any step.
 
@@ -123,9 +123,7 @@ def _checked_runs(encoded: str, height: int, width: int) -> tuple[np.ndarray, by
         raise InputDataError("RLE has a negative run length")
     total = int(runs.sum())
     if total != height * width:
-        raise InputDataError(
-            f"RLE covers {total} pixels, but the image is {height}x{width} = {height * width} pixels"
-        )
+        raise InputDataError(f"RLE covers {total} pixels, but the image is {height}x{width} = {height * width} pixels")
     return runs, counts
 
 
@@ -242,52 +240,6 @@ def encode_cell_masks(labels: np.ndarray, instances: Iterable[int]) -> list[str]
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Cell geometry and confidence scaling
-
-
-def cell_areas(labels: np.ndarray, instances: Iterable[int]) -> np.ndarray:
-    """Pixel count of each instance (int64, 0 for an absent one), from one pass over the image."""
-    labels = _check_label_image(labels)
-    instances = _instance_array(instances)
-    if instances.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    counts = np.bincount(labels.ravel(), minlength=int(instances.max()) + 1)
-    return counts[instances].astype(np.int64)
-
-
-def touches_edge(labels: np.ndarray, instances: Iterable[int]) -> np.ndarray:
-    """Whether each instance has a pixel in the first or last row or column of the label image."""
-    labels = _check_label_image(labels)
-    instances = _instance_array(instances)
-    border = np.unique(np.concatenate((labels[0], labels[-1], labels[:, 0], labels[:, -1])))
-    return np.isin(instances, border)
-
-
-def area_scale(
-    area: np.ndarray, touches_edge: np.ndarray, edge_threshold: float, center_threshold: float
-) -> np.ndarray:
-    """Confidence factor of each cell: ``min(1, area / threshold)``, the original's small-cell penalty.
-
-    Edge cells (``touches_edge``) use ``edge_threshold``, the others ``center_threshold``; a threshold
-    ``<= 0`` disables its branch (factor 1). Areas are pixel counts at the original image resolution.
-
-    Returns:
-        float64 factors, one per cell.
-    """
-    area = np.asarray(area, dtype=np.float64)
-    edge = np.asarray(touches_edge, dtype=bool)
-    if area.shape != edge.shape:
-        raise PipelineError(f"area_scale: area {area.shape} and touches_edge {edge.shape} differ in shape")
-
-    def factor(threshold: float) -> np.ndarray:
-        if threshold <= 0:
-            return np.ones_like(area)
-        return np.minimum(1.0, area / float(threshold))
-
-    return np.where(edge, factor(edge_threshold), factor(center_threshold))
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Prediction strings and the CSV file
 
 
@@ -316,7 +268,7 @@ def format_prediction_string(probs: np.ndarray, encoded_masks: Sequence[str]) ->
         raise PipelineError("confidences must be finite and in [0, 1]")
     parts = []
     for row, mask in zip(probs.tolist(), encoded_masks):
-        if not mask or any(ch in mask for ch in " ,\"\n\r"):
+        if not mask or any(ch in mask for ch in ' ,"\n\r'):
             raise PipelineError(f"invalid mask string {mask!r}")
         parts.extend(f"{cls} {format_confidence(value)} {mask}" for cls, value in enumerate(row))
     return " ".join(parts)
@@ -338,15 +290,15 @@ def write_submission(path: str | Path, rows: Iterable[tuple[str, int, int, str]]
                 raise PipelineError(f"{path}: row {number} has {len(row)} fields, expected 4")
             image_id, width, height, prediction = row
             image_id = str(image_id)
-            if not image_id or any(ch in image_id for ch in " ,\"\n\r"):
+            if not image_id or any(ch in image_id for ch in ' ,"\n\r'):
                 raise PipelineError(f"{path}: invalid image ID {image_id!r} in row {number}")
             if image_id in seen:
                 raise PipelineError(f"{path}: duplicate image ID {image_id}")
             seen.add(image_id)
             if int(width) != width or int(height) != height or width <= 0 or height <= 0:
                 raise PipelineError(f"{path}: image {image_id}: invalid size {width}x{height}")
-            if any(ch in prediction for ch in ",\"\n\r"):
-                raise PipelineError(f"{path}: image {image_id}: prediction string contains , \" or a newline")
+            if any(ch in prediction for ch in ',"\n\r'):
+                raise PipelineError(f'{path}: image {image_id}: prediction string contains , " or a newline')
             writer.writerow((image_id, int(width), int(height), prediction))
 
 
@@ -445,9 +397,7 @@ def parse_prediction_string(text: str) -> list[Detection]:
     return detections
 
 
-def decode_prediction_masks(
-    detections: Sequence[Detection], height: int, width: int
-) -> tuple[list[dict], np.ndarray]:
+def decode_prediction_masks(detections: Sequence[Detection], height: int, width: int) -> tuple[list[dict], np.ndarray]:
     """Decode the distinct masks of one image's detections.
 
     Returns:

@@ -1,0 +1,1 @@
+"""The data stage (rules/data.smk): the demo dataset and the image index."""

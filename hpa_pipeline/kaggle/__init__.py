@@ -1,0 +1,1 @@
+"""The competition's own formats: the submission (mask encoding, CSV, validator) and the metric."""

@@ -1,0 +1,1 @@
+"""The submission stage (rules/submit.smk): making, validating and evaluating the submission."""

@@ -1,0 +1,150 @@
+"""Training and validation data, read straight from the preprocessing Zarr stores.
+
+Samples are addressed by (position, epoch): every random choice of a sample (crop, flip) is drawn from
+a generator seeded by (seed, epoch, image), so an epoch's batches do not depend on the number of
+loader workers, and a training resumed at epoch e sees exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.io.cells import CellTable
+from hpa_pipeline.io.stores import ShardedArray
+from hpa_pipeline.labels import N_CLASSES
+from hpa_pipeline.nets.models import normalize_images
+
+
+def cell_targets_from_images(cells: CellTable, image_labels: np.ndarray) -> np.ndarray:
+    """The image-level labels copied to every cell of the image: (n_cells, 19) float32."""
+    return image_labels[cells.image_of_cell()].astype(np.float32)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields (position, epoch) in an order drawn from (seed, epoch); call ``set_epoch`` per epoch."""
+
+    def __init__(self, n_samples: int, seed: int) -> None:
+        self.n_samples = n_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_samples)
+        return iter((int(position), self.epoch) for position in order)
+
+
+def _pseudo_table(instances: np.ndarray, targets: np.ndarray | None) -> np.ndarray | None:
+    """Dense (K, 19) table indexed by instance; NaN rows for absent cells."""
+    if targets is None:
+        return None
+    table = np.full((int(instances.max(initial=0)) + 1, N_CLASSES), np.nan, dtype=np.float32)
+    table[instances] = targets
+    return table
+
+
+class CamTrainingSet(Dataset):
+    """Random crops of whole images with their cell masks, labels and optional pseudo labels.
+
+    Args:
+        images: per-image (4, S, S) uint8 array over the shards.
+        masks: per-image (S, S) uint16 cell masks at the same size.
+        rows: the training images (rows of ``images``).
+        labels: (n, 19) image labels of all rows.
+        cells: the cell index of all rows.
+        cell_targets: (n_cells, 19) pseudo labels aligned with ``cells``, or None (stage 1).
+        crop_size: side of the random crop.
+        hflip: random horizontal flip.
+        seed: the run's seed.
+    """
+
+    def __init__(
+        self,
+        images: ShardedArray,
+        masks: ShardedArray,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        cells: CellTable,
+        cell_targets: np.ndarray | None,
+        crop_size: int,
+        hflip: bool,
+        seed: int,
+    ) -> None:
+        self.images, self.masks, self.rows = images, masks, np.asarray(rows, dtype=np.int64)
+        self.labels, self.cells, self.cell_targets = labels, cells, cell_targets
+        self.crop_size, self.hflip, self.seed = crop_size, hflip, seed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        position, epoch = item
+        row = int(self.rows[position])
+        rng = np.random.default_rng([self.seed, epoch, row])
+        image, mask = self.images[row], self.masks[row]
+        size = image.shape[-1]
+        top, left = rng.integers(0, size - self.crop_size + 1, size=2)
+        window = (slice(top, top + self.crop_size), slice(left, left + self.crop_size))
+        image, mask = image[:, window[0], window[1]], mask[window]
+        if self.hflip and rng.random() < 0.5:
+            image, mask = image[:, :, ::-1], mask[:, ::-1]
+        sample = {
+            "image": normalize_images(np.ascontiguousarray(image)),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64)),
+            "labels": torch.from_numpy(self.labels[row]),
+        }
+        if self.cell_targets is not None:
+            cell_rows = slice(self.cells.offsets[row], self.cells.offsets[row + 1])
+            sample["pseudo"] = torch.from_numpy(
+                _pseudo_table(self.cells.instance[cell_rows], self.cell_targets[cell_rows])
+            )
+        return sample
+
+
+def collate_cam(samples: list[dict]) -> dict:
+    """Stack CAM samples; pseudo tables are padded to the batch's largest instance with NaN rows."""
+    batch = {key: torch.stack([sample[key] for sample in samples]) for key in ("image", "mask", "labels")}
+    if "pseudo" in samples[0]:
+        width = max(sample["pseudo"].shape[0] for sample in samples)
+        table = torch.full((len(samples), width, N_CLASSES), float("nan"))
+        for row, sample in enumerate(samples):
+            table[row, : sample["pseudo"].shape[0]] = sample["pseudo"]
+        batch["pseudo"] = table
+    return batch
+
+
+class CellCropSet(Dataset):
+    """The crops of the training cells with their targets (pseudo labels or image labels).
+
+    Args:
+        crops: per-cell (8, C, C) uint8 array over the shards.
+        cell_rows: the training cells (rows of ``crops``).
+        targets: (len(cell_rows), 19) float32 targets aligned with ``cell_rows``.
+    """
+
+    def __init__(self, crops: ShardedArray, cell_rows: np.ndarray, targets: np.ndarray) -> None:
+        if len(cell_rows) != len(targets):
+            raise InputDataError(f"{len(cell_rows)} cells but {len(targets)} targets")
+        self.crops, self.cell_rows, self.targets = (
+            crops,
+            np.asarray(cell_rows, dtype=np.int64),
+            targets.astype(np.float32),
+        )
+
+    def __len__(self) -> int:
+        return len(self.cell_rows)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        position = item[0]
+        crop = self.crops[int(self.cell_rows[position])]
+        return {"crop": torch.from_numpy(crop).float(), "target": torch.from_numpy(self.targets[position])}

@@ -1,0 +1,35 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.io.folds import read_folds, read_labelled_images, write_folds
+
+
+def test_fold_table_round_trip(tmp_path):
+    path = tmp_path / "sub" / "folds.csv"
+    ids = ["a_1", "0012", "c"]
+    write_folds(path, ids, np.array([2, 0, 1]))
+    table = read_folds(path)
+    assert table["ID"].tolist() == ids  # IDs stay strings (leading zeros kept)
+    assert table["fold"].tolist() == [2, 0, 1] and table["fold"].dtype == np.int64
+    assert [p.name for p in path.parent.iterdir()] == ["folds.csv"]  # no temp file left
+
+
+def test_fold_table_errors_name_the_file(tmp_path):
+    with pytest.raises(InputDataError, match="missing fold table"):
+        read_folds(tmp_path / "none.csv")
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"ID": ["a", "b"], "fold": ["0", "x"]}).to_csv(bad, index=False)
+    with pytest.raises(InputDataError, match=r"bad\.csv row 3"):
+        read_folds(bad)
+    with pytest.raises(InputDataError, match="2 IDs but 1"):
+        write_folds(tmp_path / "f.csv", ["a", "b"], np.array([0]))
+
+
+def test_folds_of_other_images_are_refused(demo_stores, tmp_path):
+    root = demo_stores["root"]
+    folds = (root / "folds/train.csv").read_text().splitlines()
+    (tmp_path / "folds.csv").write_text("\n".join([folds[0], *reversed(folds[1:])]) + "\n")
+    with pytest.raises(InputDataError, match="does not list the images"):
+        read_labelled_images([root / "train/index.csv"], [tmp_path / "folds.csv"])
