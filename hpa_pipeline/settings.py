@@ -69,6 +69,10 @@ class ModelSettings:
     tta: int = _setting({"type": "integer", "minimum": 1, "maximum": 8}, 8)
     predict_batch_size: int | None = _setting({"type": "integer", "minimum": 1}, None)
     validate_every: int = _setting({"type": "integer", "minimum": 1}, 1)
+    channels_last: bool = _setting(
+        {"type": "boolean", "description": "channels-last model and inputs on CUDA (no effect on the CPU)"}, True
+    )
+    compile: bool = _setting({"type": "boolean", "description": "torch.compile the training step's model"}, False)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelSettings:

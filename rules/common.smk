@@ -13,6 +13,7 @@ from hpa_pipeline.config import (
     train_datasets,
 )
 from hpa_pipeline.errors import ConfigError
+from hpa_pipeline.nets.devices import share_gpus
 from hpa_pipeline.settings import model_stores
 
 try:
@@ -35,6 +36,9 @@ ENSEMBLES = config.get("ensembles") or {}
 SUBMISSION = config["submission"]
 TRUTH_DIR = config.get("truth_dir")
 N_FOLDS = config["folds"]["n_folds"]
+# GPU jobs read it when they claim a GPU; not a rule param, because it changes how jobs share a GPU,
+# not what they compute, so changing it reruns nothing.
+share_gpus(config.get("jobs_per_gpu", 1))
 FOLDS = list(range(N_FOLDS))
 
 
@@ -64,11 +68,6 @@ def label_table(dataset):
     if dataset in EXTRA_SETS:
         return EXTRA_SETS[dataset]["table"]
     return f"{INPUT_DIR}/{'sample_submission.csv' if dataset == 'test' else 'train.csv'}"
-
-
-def index_kind(dataset):
-    """The index's table kind: the test set's sample_submission.csv, or a labelled table."""
-    return "test" if dataset == "test" else "train"
 
 
 def n_shards(dataset):

@@ -37,8 +37,7 @@ rule index_images:
     output:
         index_csv("{dataset}"),
     params:
-        kind=lambda wildcards: index_kind(wildcards.dataset),
-        shards=lambda wildcards: n_shards(wildcards.dataset),
+        shards=lambda wildcards: config["shards"][wildcards.dataset],
     log:
         "logs/index_images/{dataset}.log",
     benchmark:
@@ -46,5 +45,5 @@ rule index_images:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "hpa-pipeline index --images {input.images} --table {input.table} --kind {params.kind} "
+        "hpa-pipeline index --images {input.images} --table {input.table} --kind {wildcards.dataset} "
         "--shards {params.shards} --out {output} > {log} 2>&1"

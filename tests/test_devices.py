@@ -8,7 +8,7 @@ import time
 import pytest
 
 from hpa_pipeline.errors import ConfigError, PipelineError
-from hpa_pipeline.nets.devices import amp_dtype, claim_device, configure_threads
+from hpa_pipeline.nets.devices import amp_dtype, claim_device, configure_threads, share_gpus
 
 # A helper process: claims one of 3 simulated GPUs, prints it, holds it until stdin closes.
 HOLDER = """
@@ -42,7 +42,9 @@ def test_three_claims_in_one_process_get_distinct_gpus_and_a_fourth_fails(tmp_pa
     claims = [claim_device(lock_dir=tmp_path, n_cuda=3, timeout_s=0) for _ in range(3)]
     assert sorted(c.device for c in claims) == ["cuda:0", "cuda:1", "cuda:2"]
     started = time.monotonic()
-    with pytest.raises(PipelineError, match=r"no free GPU after waiting 0\.3 s: all 3 are claimed \(cuda:0 by pid \d+"):
+    with pytest.raises(
+        PipelineError, match=r"no free GPU after waiting 0\.3 s: all 3 slots are claimed \(cuda:0 by pid"
+    ):
         claim_device(lock_dir=tmp_path, n_cuda=3, timeout_s=0.3, poll_s=0.05)
     assert time.monotonic() - started >= 0.3
     claims[1].release()
@@ -150,3 +152,39 @@ def test_configure_threads_and_amp_dtype():
     with pytest.raises(ConfigError, match="threads"):
         configure_threads(0)
     assert amp_dtype("cpu") is None
+
+
+def test_jobs_per_gpu_hands_out_slots_spread_over_the_gpus(tmp_path):
+    claims = [claim_device(lock_dir=tmp_path, n_cuda=2, jobs_per_gpu=3, timeout_s=0) for _ in range(6)]
+    assert [c.device for c in claims] == ["cuda:0", "cuda:1"] * 3  # every GPU gets one before a second
+    assert len({c.lock_path for c in claims}) == 6
+    assert claims[0].lock_path.name == "gpu0.slot0.lock" and claims[5].lock_path.name == "gpu1.slot2.lock"
+    with pytest.raises(PipelineError, match="all 6 slots are claimed.*jobs_per_gpu \\(3\\)"):
+        claim_device(lock_dir=tmp_path, n_cuda=2, jobs_per_gpu=3, timeout_s=0)
+    claims[3].release()
+    with claim_device(lock_dir=tmp_path, n_cuda=2, jobs_per_gpu=3, timeout_s=0) as again:
+        assert again.device == "cuda:1" and again.lock_path == claims[3].lock_path
+
+
+def test_jobs_per_gpu_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPA_PIPELINE_JOBS_PER_GPU", "2")
+    first, second = (claim_device(lock_dir=tmp_path, n_cuda=1, timeout_s=0) for _ in range(2))
+    assert first.device == second.device == "cuda:0" and first.lock_path != second.lock_path
+    monkeypatch.setenv("HPA_PIPELINE_JOBS_PER_GPU", "0")
+    with pytest.raises(ConfigError, match="HPA_PIPELINE_JOBS_PER_GPU='0'"):
+        claim_device(lock_dir=tmp_path, n_cuda=1, timeout_s=0)
+    monkeypatch.delenv("HPA_PIPELINE_JOBS_PER_GPU")
+    assert claim_device(lock_dir=tmp_path / "single", n_cuda=1, timeout_s=0).lock_path.name == "gpu0.lock"
+
+
+def test_the_workflow_hands_jobs_per_gpu_to_its_jobs(tmp_path, monkeypatch):
+    monkeypatch.delenv("HPA_PIPELINE_JOBS_PER_GPU", raising=False)
+    share_gpus(2)
+    child = subprocess.run(
+        [sys.executable, "-c", "from hpa_pipeline.nets.devices import default_jobs_per_gpu as d; print(d())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert child.stdout.strip() == "2"
+    monkeypatch.delenv("HPA_PIPELINE_JOBS_PER_GPU")
+    with pytest.raises(ConfigError, match="jobs_per_gpu = 0"):
+        share_gpus(0)

@@ -161,3 +161,31 @@ def test_missing_store_is_a_clear_error(demo_stores, tmp_path):
     with pytest.raises(InputDataError, match="missing Zarr store .*nowhere.zarr"):
         train_model(ModelSettings.from_dict(IMAGE_SETTINGS), 0, data, tmp_path / "o", tmp_path / "c", "cpu", 1)
     assert not (tmp_path / "o").exists()
+
+
+def _final_weights(path: Path) -> dict:
+    return torch.load(path / "final.pt", weights_only=False)["model"]
+
+
+def test_channels_last_changes_nothing_on_the_cpu(demo_stores, tmp_path):
+    data = training_data(demo_stores, "image")
+    for flag in (True, False):
+        settings = ModelSettings.from_dict(dict(IMAGE_SETTINGS, epochs=1, channels_last=flag))
+        train_model(settings, 0, data, tmp_path / str(flag), tmp_path / f"ckpt{flag}", "cpu", 1)
+    on, off = _final_weights(tmp_path / "True"), _final_weights(tmp_path / "False")
+    assert on.keys() == off.keys() and all(torch.equal(on[key], off[key]) for key in on)
+    losses = [read_rows(tmp_path / str(flag) / "metrics.csv")[0]["train_loss"] for flag in (True, False)]
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_training(demo_stores, tmp_path):
+    pytest.importorskip("torch._inductor")
+    data = training_data(demo_stores, "cell")
+    for flag in (True, False):
+        settings = ModelSettings.from_dict(dict(CELL_SETTINGS, epochs=1, compile=flag))
+        train_model(settings, 0, data, tmp_path / str(flag), tmp_path / f"ckpt{flag}", "cpu", 1)
+    compiled, eager = _final_weights(tmp_path / "True"), _final_weights(tmp_path / "False")
+    assert compiled.keys() == eager.keys()  # the checkpoint holds the plain model's names, not _orig_mod.*
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-3, atol=1e-4)

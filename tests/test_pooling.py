@@ -1,6 +1,9 @@
+import numpy as np
+import pytest
 import torch
 
-from hpa_pipeline.nets.pooling import cell_mean_pool
+from hpa_pipeline.errors import PipelineError
+from hpa_pipeline.nets.pooling import cell_mean_pool, present_cells
 
 
 def _loop_pool(values, labels, instances=None):
@@ -62,3 +65,32 @@ def test_cell_mean_pool_is_differentiable():
     pooled.sum().backward()
     assert torch.allclose(values.grad[0, :, :3], torch.full((2, 3, 6), 1 / 18))
     assert (values.grad[0, :, 3:] == 0).all()
+
+
+def test_host_side_cells_give_exactly_the_device_path():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 9, (3, 20, 24))
+    labels[1] = 0  # an image without cells
+    labels[2][labels[2] == 4] = 0  # a label missing in between
+    values = torch.randn(3, 5, 20, 24, requires_grad=True)
+    pooled, index = cell_mean_pool(values, labels)
+    (pooled * torch.arange(5.0)).sum().backward()
+    grad = values.grad.clone()
+    values.grad = None
+    cells = present_cells(labels.numpy())
+    assert cells.width == int(labels.max()) + 1
+    host_pooled, host_index = cell_mean_pool(values, labels, cells=cells)
+    (host_pooled * torch.arange(5.0)).sum().backward()
+    assert torch.equal(host_index, index) and torch.equal(host_pooled, pooled)
+    assert torch.equal(values.grad, grad)
+
+
+def test_host_side_cells_check_their_input():
+    with pytest.raises(PipelineError, match="negative"):
+        present_cells(-np.ones((1, 2, 2), np.int64))
+    with pytest.raises(PipelineError, match="not \\(B, H, W\\)"):
+        present_cells(np.zeros((2, 2), np.int64))
+    labels = torch.ones(1, 2, 2, dtype=torch.long)
+    with pytest.raises(PipelineError, match="not both"):
+        cell_mean_pool(torch.zeros(1, 1, 2, 2), labels, [[1]], cells=present_cells(labels.numpy()))
+    assert present_cells(np.zeros((2, 3, 3), np.uint16)).index.shape == (0, 2)

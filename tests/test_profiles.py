@@ -255,3 +255,19 @@ def test_slurm_dry_run_forcing_a_gpu_on_segment(workdir):
     )  # fmt: skip
     jobs = job_blocks(result.stdout + result.stderr)
     assert {job["rule"] for job in jobs if resources(job).get("gpu") == "1"} == {"segment"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "gpus"),
+    [
+        (["--configfile", "jobs4.yaml"], 8),
+        (["--configfile", "configs/demo.yaml", "jobs4.yaml"], 8),
+        (["--configfile", "jobs4.yaml", "--config", "jobs_per_gpu=3"], 6),
+        (["--configfile", "configs/demo.yaml"], 2),
+    ],
+)
+def test_gpu_cap_counts_jobs_per_gpu(workdir, argv, gpus):
+    (workdir / "jobs4.yaml").write_text("jobs_per_gpu: 4\n")
+    settings = resolve(workdir, "preprocess", *argv, CUDA_VISIBLE_DEVICES="0,1")
+    assert settings["resources"] == {"gpu": gpus}
+    assert resolve(workdir, "preprocess", *argv, CUDA_VISIBLE_DEVICES="")["resources"] == {"gpu": 1}

@@ -6,7 +6,7 @@ from torch import nn
 
 from hpa_pipeline.nets.d4 import d4_transform
 from hpa_pipeline.nets.models import create_model
-from hpa_pipeline.nets.pooling import cell_mean_pool
+from hpa_pipeline.nets.pooling import cell_mean_pool, present_cells
 from hpa_pipeline.train.cutmix import apply_cutmix, mixed_fraction, sample_cutmix
 from hpa_pipeline.train.losses import binary_focal_with_logits
 from hpa_pipeline.train.steps import (
@@ -168,3 +168,18 @@ def test_mismatched_masks_are_reported():
     images, labels, targets = _batch()
     with pytest.raises(Exception, match="masks"):
         cam_consistency_loss(model, images, labels[:, :16], targets, None, torch.Generator())
+
+
+def test_host_side_cells_leave_the_cam_step_unchanged():
+    images, labels, targets = _batch(size=32)
+    results = []
+    for cells in (None, present_cells(labels.numpy())):
+        torch.manual_seed(0)
+        model = create_model("image", "test_efficientnet")
+        parts = cam_consistency_loss(model, images, labels, targets, None, torch.Generator().manual_seed(3),
+                                     cells=cells)  # fmt: skip
+        parts.total.backward()
+        results.append((parts, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (first, first_grads), (second, second_grads) = results
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(first_grads, second_grads))

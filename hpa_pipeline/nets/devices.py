@@ -8,6 +8,11 @@ a crashed or killed job (even ``kill -9``) never leaves a GPU claimed. Under a s
 the job one GPU through ``CUDA_VISIBLE_DEVICES`` (SLURM), the job uses ``cuda:0`` and takes no lock;
 a user's multi-GPU ``CUDA_VISIBLE_DEVICES`` restricts the claim to those GPUs.
 
+A large GPU can run several small jobs at once: with ``jobs_per_gpu`` N (the config key of that
+name, which the workflow hands to its jobs as ``$HPA_PIPELINE_JOBS_PER_GPU``) each GPU has N lock
+files, ``gpu{i}.slot{k}.lock``, and a claim takes the first free slot, filling every GPU's first
+slot before any second one. Snakemake's ``--resources gpu=...`` must then allow GPUs × N jobs.
+
 torch is imported lazily so that a process that only claims (and the tests' helper processes)
 start fast.
 """
@@ -31,7 +36,24 @@ if TYPE_CHECKING:
     import torch
 
 LOCK_DIR_ENV = "HPA_PIPELINE_GPU_LOCK_DIR"
+JOBS_PER_GPU_ENV = "HPA_PIPELINE_JOBS_PER_GPU"
 DEFAULT_TIMEOUT_S = 600.0
+
+
+def default_jobs_per_gpu() -> int:
+    """``$HPA_PIPELINE_JOBS_PER_GPU`` (set by the workflow from its ``jobs_per_gpu`` key), else 1."""
+    text = os.environ.get(JOBS_PER_GPU_ENV, "").strip() or "1"
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{JOBS_PER_GPU_ENV}={text!r}: expected a whole number of jobs per GPU, at least 1")
+    return int(text)
+
+
+def share_gpus(jobs_per_gpu: int) -> None:
+    """Let every GPU job this process starts share a GPU with ``jobs_per_gpu - 1`` others (the
+    workflow calls it with its config's ``jobs_per_gpu``; jobs inherit the environment)."""
+    if jobs_per_gpu < 1:
+        raise ConfigError(f"jobs_per_gpu = {jobs_per_gpu}: expected at least 1")
+    os.environ[JOBS_PER_GPU_ENV] = str(jobs_per_gpu)
 
 
 def default_lock_dir() -> Path:
@@ -136,6 +158,7 @@ def claim_device(
     lock_dir: Path | None = None,
     n_cuda: int | None = None,
     *,
+    jobs_per_gpu: int | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     poll_s: float = 1.0,
 ) -> DeviceClaim:
@@ -155,6 +178,7 @@ def claim_device(
             (default ``default_lock_dir()``).
         n_cuda: pretend there are this many CUDA devices (tests on CPU: device strings are
             returned, CUDA is not touched).
+        jobs_per_gpu: how many jobs may share one GPU (default ``default_jobs_per_gpu()``).
         timeout_s: how long to wait for a free GPU.
         poll_s: interval between attempts.
 
@@ -165,6 +189,9 @@ def claim_device(
         ConfigError: unknown ``prefer``, or a CUDA device asked for that does not exist.
         PipelineError: every GPU stayed claimed for ``timeout_s``.
     """
+    slots = default_jobs_per_gpu() if jobs_per_gpu is None else jobs_per_gpu
+    if slots < 1:
+        raise ConfigError(f"jobs_per_gpu = {slots}: expected at least 1")
     wanted: int | None = None
     if prefer.startswith("cuda:") and prefer[5:].isdigit():
         wanted = int(prefer[5:])
@@ -203,9 +230,14 @@ def claim_device(
     # several visible GPUs are shared with other jobs: lock them by their physical id so that jobs
     # with different views of the same machine still exclude each other
     lock_names = visible_ids[:count] if len(visible_ids) > 1 else [str(i) for i in range(count)]
-    paths = {i: directory / f"gpu{_safe_name(lock_names[i])}.lock" for i in candidates}
+    # slot by slot over the GPUs, so that every GPU gets a job before any GPU gets a second one
+    locks = [
+        (index, directory / (f"gpu{_safe_name(lock_names[index])}" + (f".slot{slot}" if slots > 1 else "") + ".lock"))
+        for slot in range(slots)
+        for index in candidates
+    ]
     while True:
-        for index, path in paths.items():
+        for index, path in locks:
             fd = _try_lock(path)
             if fd is not None:
                 if not simulated:
@@ -214,11 +246,11 @@ def claim_device(
                     torch.cuda.set_device(index)  # so that bare "cuda" tensors land on it too
                 return DeviceClaim(f"cuda:{index}", path, fd)
         if time.monotonic() >= deadline:
-            holders = ", ".join(f"cuda:{i} by {_holder(p)}" for i, p in paths.items())
+            holders = ", ".join(f"cuda:{i} by {_holder(p)}" for i, p in locks)
             raise PipelineError(
-                f"no free GPU after waiting {timeout_s:g} s: all {len(paths)} are claimed ({holders}; lock files in "
-                f"{directory}). Run at most as many GPU jobs as there are GPUs (snakemake --resources gpu=N "
-                "with N <= GPUs), or set CUDA_VISIBLE_DEVICES to choose one"
+                f"no free GPU after waiting {timeout_s:g} s: all {len(locks)} slots are claimed ({holders}; lock "
+                f"files in {directory}). Run at most GPUs x jobs_per_gpu ({slots}) GPU jobs at once "
+                "(snakemake --resources gpu=N), or set CUDA_VISIBLE_DEVICES to choose one"
             )
         time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
 

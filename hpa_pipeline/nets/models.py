@@ -316,6 +316,19 @@ def create_model(
     return model
 
 
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile`` of a model for training steps; the result shares the model's parameters.
+
+    The first steps pay the compilation (tens of seconds), so it pays off on long trainings only;
+    ``benchmarks/bench_gpu.py --compile`` measures it. Batches of a new shape recompile: the training
+    loader drops its last partial batch for that reason.
+    """
+    try:
+        return torch.compile(model)
+    except Exception as exc:  # a missing compiler toolchain, an unsupported platform
+        raise ConfigError(f"compile: true, but torch.compile is not available here: {exc}") from exc
+
+
 def create_optimizer(name: str, params: Any, lr: float, **kwargs: Any) -> torch.optim.Optimizer:
     """Build any ``torch.optim`` optimizer by its class name (case-insensitive).
 

@@ -18,6 +18,7 @@ from hpa_pipeline.io.cells import CellTable
 from hpa_pipeline.io.stores import ShardedArray
 from hpa_pipeline.labels import N_CLASSES
 from hpa_pipeline.nets.models import normalize_images
+from hpa_pipeline.nets.pooling import present_cells
 
 
 def cell_targets_from_images(cells: CellTable, image_labels: np.ndarray) -> np.ndarray:
@@ -112,8 +113,13 @@ class CamTrainingSet(Dataset):
 
 
 def collate_cam(samples: list[dict]) -> dict:
-    """Stack CAM samples; pseudo tables are padded to the batch's largest instance with NaN rows."""
+    """Stack CAM samples; pseudo tables are padded to the batch's largest instance with NaN rows.
+
+    The batch's cells (``cells``, :class:`~hpa_pipeline.nets.pooling.HostCells`) are found here, in
+    the loader's workers, so that the training step never reads them back from the GPU.
+    """
     batch = {key: torch.stack([sample[key] for sample in samples]) for key in ("image", "mask", "labels")}
+    batch["cells"] = present_cells(batch["mask"].numpy())
     if "pseudo" in samples[0]:
         width = max(sample["pseudo"].shape[0] for sample in samples)
         table = torch.full((len(samples), width, N_CLASSES), float("nan"))

@@ -18,7 +18,7 @@ from hpa_pipeline.io.cells import CellTable, read_cell_table
 from hpa_pipeline.io.folds import LabelledImages, read_labelled_images
 from hpa_pipeline.io.predictions import PredictionSet, align_to_cells, read_predictions
 from hpa_pipeline.nets.devices import amp_dtype, autocast_context, claim_device, configure_threads
-from hpa_pipeline.nets.models import create_model, create_optimizer
+from hpa_pipeline.nets.models import compile_model, create_model, create_optimizer
 from hpa_pipeline.nets.tta import predict_rows
 from hpa_pipeline.progress import progress
 from hpa_pipeline.scores import macro_f1, mean_average_precision
@@ -84,6 +84,13 @@ class Trainer:
             cosine_head=settings.cosine_head,
             instance_norm_input=settings.instance_norm_input,
         ).to(device)
+        # channels-last feeds cuDNN's tensor-core convolutions without layout transposes; on the CPU
+        # the default layout is kept (and with it the CPU results)
+        self.channels_last = settings.channels_last and device.type == "cuda"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # the compiled module shares the model's parameters: checkpoints and validation use self.model
+        self.step_model = compile_model(self.model) if settings.compile else self.model
         self.optimizer = create_optimizer(
             settings.optimizer, self.model.parameters(), settings.lr, weight_decay=settings.weight_decay
         )
@@ -95,6 +102,12 @@ class Trainer:
                 raise InputDataError("image/mask stores and the index differ in their number of images")
         elif len(self.arrays["crops"]) != self.cells.n_cells:
             raise InputDataError("crop stores and cell tables differ in their number of cells")
+
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch of model inputs on the device, channels-last when the model is."""
+        if self.channels_last:
+            return batch.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        return batch.to(self.device, non_blocking=True)
 
     def _cell_targets(self) -> np.ndarray | None:
         """Pseudo labels aligned with the cell index, the image labels for cell models without them."""
@@ -147,27 +160,30 @@ class Trainer:
         set_lr(self.optimizer, lr)
         generator = torch.Generator().manual_seed(derive_seed(settings.seed, self.fold, epoch, 1))
         self.model.train()
-        sums = {"loss": 0.0, "class_loss": 0.0, "consistency_loss": 0.0}
+        # Losses accumulate on the device in float64 (as Python floats would) and are read once per
+        # epoch: reading them per step would make the host wait for every step to finish.
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         steps = 0
         for batch in progress(loader, f"epoch {epoch + 1}/{settings.epochs}", total=len(loader), unit="batch"):
             with autocast_context(self.device):
                 if settings.kind == "image":
                     pseudo = batch.get("pseudo")
                     parts = cam_consistency_loss(
-                        self.model,
-                        batch["image"].to(self.device, non_blocking=True),
+                        self.step_model,
+                        self._to_device(batch["image"]),
                         batch["mask"].to(self.device, non_blocking=True),
-                        batch["labels"].to(self.device),
-                        None if pseudo is None else pseudo.to(self.device),
+                        batch["labels"].to(self.device, non_blocking=True),
+                        None if pseudo is None else pseudo.to(self.device, non_blocking=True),
                         generator,
                         settings.consistency_weight,
                         settings.focal_gamma,
+                        cells=batch["cells"],
                     )
                 else:
                     parts = cell_crop_loss(
-                        self.model,
-                        batch["crop"].to(self.device, non_blocking=True),
-                        batch["target"].to(self.device),
+                        self.step_model,
+                        self._to_device(batch["crop"]),
+                        batch["target"].to(self.device, non_blocking=True),
                         generator,
                     )
             self.optimizer.zero_grad(set_to_none=True)
@@ -178,12 +194,11 @@ class Trainer:
             else:
                 parts.total.backward()
                 self.optimizer.step()
-            sums["loss"] += float(parts.total.detach())
-            sums["class_loss"] += float(parts.class_loss.detach())
-            sums["consistency_loss"] += float(parts.consistency_loss.detach())
+            sums += torch.stack([parts.total, parts.class_loss, parts.consistency_loss]).detach().double()
             steps += 1
         row = {"epoch": epoch + 1, "lr": lr}
-        row.update({f"train_{key}": value / max(steps, 1) for key, value in sums.items()})
+        names = ("loss", "class_loss", "consistency_loss")
+        row.update({f"train_{name}": value / max(steps, 1) for name, value in zip(names, sums.tolist())})
         if settings.kind == "cell":
             del row["train_consistency_loss"]
         return row

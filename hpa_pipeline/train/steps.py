@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from hpa_pipeline.errors import PipelineError
 from hpa_pipeline.nets.d4 import D4_VIEWS, d4_transform
-from hpa_pipeline.nets.pooling import cell_mean_pool
+from hpa_pipeline.nets.pooling import HostCells, cell_mean_pool
 from hpa_pipeline.train.cutmix import (
     apply_cutmix,
     invert_cutmix,
@@ -59,6 +59,7 @@ def cam_consistency_loss(
     generator: torch.Generator,
     consistency_weight: float = 1.0,
     focal_gamma: float = 2.0,
+    cells: HostCells | None = None,
 ) -> LossParts:
     """Loss of one CAM-consistency step.
 
@@ -79,6 +80,8 @@ def cam_consistency_loss(
         generator: CPU generator for the CutMix draw.
         consistency_weight: weight of the consistency term.
         focal_gamma: focusing parameter of the class loss.
+        cells: the masks' cells computed on the host (:func:`~hpa_pipeline.nets.pooling.present_cells`),
+            so that pooling needs no device-to-host synchronisation; found from ``labels`` when None.
 
     Returns:
         ``LossParts`` (total = class + weight * consistency).
@@ -96,7 +99,7 @@ def cam_consistency_loss(
     class_loss = binary_focal_with_logits(cam_clean.mean(dim=(2, 3)), image_targets, focal_gamma)
     # One pooling pass over both views: channels [clean classes, heavy classes].
     n_classes = cam_clean.shape[1]
-    pooled, index = cell_mean_pool(torch.cat([cam_clean, cam_heavy], dim=1), labels)
+    pooled, index = cell_mean_pool(torch.cat([cam_clean, cam_heavy], dim=1), labels, cells=cells)
     clean_cells, heavy_cells = pooled[:, :n_classes], pooled[:, n_classes:]
     if pseudo_targets is None:
         target = torch.sigmoid(clean_cells).detach()  # the clean view teaches, it is not taught
