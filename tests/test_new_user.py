@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from workflow_helpers import REPO, copy_workflow, snakemake
+from workflow_helpers import copy_workflow, small_config, snakemake
 
 from hpa_pipeline.data.folders import SYNTHETIC_MARKER
 from hpa_pipeline.synth import write_demo_dataset
@@ -44,24 +44,6 @@ def own_data(root: Path, seed: int = 7) -> Path:
     for path in (root / "test").glob("*.png"):
         cv2.imwrite(str(path), cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(np.uint16) * 257)
     return root
-
-
-def small_config(workdir: Path, data: Path) -> str:
-    """The demo config on ``data`` at 96 px (as tests/test_bad_input.py), written to configs/small.yaml."""
-    config = yaml.safe_load((workdir / "configs/demo.yaml").read_text())
-    config.pop("demo_data")
-    config.pop("truth_dir")
-    config["input_dir"] = str(data)
-    config["shards"] = {"train": 1, "test": 1}
-    config["preprocess"].update(image_sizes=[96], crop_image_sizes=[96], crop_size=24)
-    config["segment"]["inputs"] = {"train": {"source": 96, "scale_factor": 0.125},
-                                   "test": {"source": "original", "scale_factor": 0.125}}
-    for model in config["models"].values():
-        model["image_size"] = 96
-        model.pop("crop_size", None)
-    config["model_defaults"]["image"]["crop_size"] = 64
-    (workdir / "configs/small.yaml").write_text(yaml.safe_dump(config))
-    return "configs/small.yaml"
 
 
 # ------------------------------------------------------------------------------------------ pitfalls

@@ -162,7 +162,9 @@ def _inspect_split(folder: Path, name: str, ids: list[str], decode: int | None) 
     table_ids = set(ids)
     summary.unlisted = sorted({image_id for image_id, _ in files} - table_ids)
     table = folder.parent / ("train.csv" if name == "train" else "sample_submission.csv")
-    missing = [f"{image_id}_{channel}.png" for image_id in ids for channel in CHANNELS if (image_id, channel) not in files]
+    missing = [
+        f"{image_id}_{channel}.png" for image_id in ids for channel in CHANNELS if (image_id, channel) not in files
+    ]
     if missing:
         shown = ", ".join(str(folder / item) for item in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -176,11 +178,11 @@ def _inspect_split(folder: Path, name: str, ids: list[str], decode: int | None) 
             shapes.append((height, width))
             summary.bit_depths[bits] += 1
         if len(set(shapes)) > 1:
-            detail = ", ".join(f"{path.name} {w}x{h}" for path, (h, w) in zip(paths, shapes))
+            detail = ", ".join(f"{path.name} {w}x{h}" for path, (h, w) in zip(paths, shapes, strict=True))
             raise InputDataError(f"channels of image {image_id!r} differ in size: {detail}")
         summary.sizes[shapes[0]] += 1
         if image_id in to_decode:
-            for path, shape in zip(paths, shapes):
+            for path, shape in zip(paths, shapes, strict=True):
                 decoded = read_channel_raw(path)  # raises naming the file when it cannot be decoded
                 if decoded.shape != shape:
                     raise InputDataError(f"cannot decode image file {path}: its header says {shape[1]}x{shape[0]}, "
@@ -407,7 +409,9 @@ def estimate_seconds(summary: DatasetSummary, preset: str) -> float | None:
     if preset != "demo":
         return None
     megapixels = sum(
-        count * height * width / 1e6 for split in (summary.train, summary.test) for (height, width), count in split.sizes.items()
+        count * height * width / 1e6
+        for split in (summary.train, summary.test)
+        for (height, width), count in split.sizes.items()
     )
     return megapixels * DEMO_PREPROCESS_S_PER_MEGAPIXEL + len(summary.train.ids) * DEMO_MODELS_S_PER_TRAIN_IMAGE
 
@@ -455,7 +459,9 @@ def _human_bytes(value: float) -> str:
 
 def _human_seconds(seconds: float) -> str:
     minutes = math.ceil(seconds / 60)
-    return f"about {minutes} minute{'s' if minutes != 1 else ''}" if minutes < 120 else f"about {minutes / 60:.0f} hours"
+    if minutes >= 120:
+        return f"about {minutes / 60:.0f} hours"
+    return f"about {minutes} minute{'s' if minutes != 1 else ''}"
 
 
 def init_config(
