@@ -44,13 +44,17 @@ IMAGES_PER_SHARD = {"train": 340, "test": 140}
 AREA_THRESHOLDS_2048 = {"edge_area_threshold": 80000, "center_area_threshold": 32000}
 #: A guess of cells per HPA field (10-40 on real fields) for the disk estimate of crops and cell tables.
 CELLS_PER_IMAGE = 25
+#: final.pt (float32 weights and buffers) plus last.pt (also Adam's moments): measured 17.2 on the demo.
+CHECKPOINT_BYTES_PER_PARAMETER = 18
 #: Images decoded completely per split by default (every file's header is always read).
 DECODE_SAMPLE = 16
-#: Seconds on the 2-core CPU of the project's build machine, measured on the demo run (benchmarks in
-#: logs/benchmarks/): preprocessing per image and megapixel, and training plus prediction per training image
-#: of the demo preset's 10 tiny models x 2 folds. Used for the demo preset's rough time only.
-DEMO_PREPROCESS_S_PER_MEGAPIXEL = 3.0
-DEMO_MODELS_S_PER_TRAIN_IMAGE = 8.0
+#: Job seconds of `make demo` on the project's shared 2-core build machine (logs/benchmarks/, 11 min wall
+#: for 24 + 6 images of 512 px): preprocessing per megapixel of input, training and prediction of the demo
+#: preset's 10 tiny models x 2 folds per training image, and the rest (folds, plots, evaluation, submission).
+#: Used for the demo preset's rough time only; an idle machine is about twice as fast.
+DEMO_PREPROCESS_S_PER_MEGAPIXEL = 5.0
+DEMO_MODELS_S_PER_TRAIN_IMAGE = 26.0
+DEMO_FIXED_S = 60.0
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_GREY = 0
@@ -401,6 +405,26 @@ def estimate_disk_bytes(summary: DatasetSummary, config: dict[str, Any]) -> int:
     total += n_images * CELLS_PER_IMAGE * 8 * crop * crop * len(preprocess["crop_image_sizes"])
     predictions = n_images * CELLS_PER_IMAGE * N_CLASSES * 4 * 8  # float32 scores of 8 TTA views
     total += predictions * len(config["models"]) * 2
+    return total + _checkpoint_bytes(config)
+
+
+def _checkpoint_bytes(config: dict[str, Any]) -> int:
+    """Bytes of every model's final.pt and epoch checkpoint (weights plus Adam's two moments)."""
+    import timm
+    import torch
+
+    from hpa_pipeline.config import resolve_model
+
+    total = 0
+    for name in config["models"]:
+        backbone = resolve_model(config, name)["backbone"]
+        try:
+            with torch.device("meta"):  # shapes only: no memory, no weights
+                model = timm.create_model(backbone, pretrained=False, num_classes=N_CLASSES)
+        except Exception:  # an unknown backbone is reported when its training starts
+            continue
+        parameters = sum(parameter.numel() for parameter in model.parameters())
+        total += parameters * CHECKPOINT_BYTES_PER_PARAMETER * config["folds"]["n_folds"]
     return total
 
 
@@ -413,7 +437,8 @@ def estimate_seconds(summary: DatasetSummary, preset: str) -> float | None:
         for split in (summary.train, summary.test)
         for (height, width), count in split.sizes.items()
     )
-    return megapixels * DEMO_PREPROCESS_S_PER_MEGAPIXEL + len(summary.train.ids) * DEMO_MODELS_S_PER_TRAIN_IMAGE
+    return (megapixels * DEMO_PREPROCESS_S_PER_MEGAPIXEL + len(summary.train.ids) * DEMO_MODELS_S_PER_TRAIN_IMAGE
+            + DEMO_FIXED_S)
 
 
 def format_summary(summary: DatasetSummary, config: dict[str, Any], preset: str, out: Path) -> str:
@@ -437,7 +462,7 @@ def format_summary(summary: DatasetSummary, config: dict[str, Any], preset: str,
     lines.append(f"config {out} (preset {preset}): {config['shards']['train']} train and {config['shards']['test']} "
                  f"test shards, {len(config['models'])} models x {config['folds']['n_folds']} folds")
     lines.append(f"  expected disk use under results/: at most {_human_bytes(estimate_disk_bytes(summary, config))} "
-                 "(stores before compression)")
+                 "(an upper bound: stores before compression, and checkpoints)")
     seconds = estimate_seconds(summary, preset)
     if seconds is None:
         lines.append(f"  rough time: {len(config['models'])} models x {config['folds']['n_folds']} folds of "
