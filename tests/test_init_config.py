@@ -152,12 +152,13 @@ def colour_png(dataset: Path) -> str:
         lambda d: (d / "train" / "img3_yellow.png").unlink() or f"{d / 'train' / 'img3_yellow.png'}",
         lambda d: (d / "train.csv").write_text("ID,Label\nimg0,0\nimg1,25\n") and "unknown label '25'",
         lambda d: (d / "sample_submission.csv").write_text("ID\nimg0\n") and "ID(s) also in train.csv: img0",
+        lambda d: (d / "train.csv").write_text("ID,Label\nimg0,0\n") and "lists 1 image(s), fewer than the 2 folds",
         corrupt_png,
         truncated_png,
         other_size,
         colour_png,
     ],
-    ids=["no-train-table", "no-test-table", "no-test-folder", "missing-channel", "unknown-label", "id-in-both",
+    ids=["no-train-table", "no-test-table", "no-test-folder", "missing-channel", "unknown-label", "id-in-both", "fewer-images-than-folds",
          "corrupt-png", "truncated-png", "channel-sizes", "colour-png"],
 )
 def test_bad_folder_is_one_clear_error_and_writes_nothing(tiny_dataset, tmp_path, damage):

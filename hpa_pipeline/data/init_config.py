@@ -523,5 +523,9 @@ def init_config(
     text = build_config(summary, preset, workflow)
     config = yaml.safe_load(text)
     validate_config(config, workflow)
+    n_folds = config["folds"]["n_folds"]
+    if len(summary.train.ids) < n_folds:
+        raise InputDataError(f"{summary.input_dir / 'train.csv'} lists {len(summary.train.ids)} image(s), fewer than "
+                             f"the {n_folds} folds of preset {preset!r}; every fold needs training images")
     write_text_atomic(out, text)
     return format_summary(summary, config, preset, out)
