@@ -7,6 +7,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CORES ?= 2
+# Extra pytest options, e.g. make test PYTEST_ARGS="--durations=20"
+PYTEST_ARGS ?=
 
 .PHONY: install demo test test-all lint clean-demo
 
@@ -25,11 +27,11 @@ demo: $(INSTALLED)
 # The unit tests and the one demo run marked `demo` (pyproject.toml's markers); no SLURM cluster, no
 # kill-and-rerun runs.
 test: $(INSTALLED)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -m "not slow or demo"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -m "not slow or demo" $(PYTEST_ARGS)
 
 # Every test, slow and SLURM ones included.
 test-all: $(INSTALLED)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --lint --configfile configs/demo.yaml
