@@ -1,12 +1,16 @@
-# Two entry points for a fresh machine: `make demo` and `make test`. Both create .venv and install
-# the project with exactly the pinned versions first (torch from the machine's local wheel store).
+# Entry points for a fresh machine: `make demo`, `make test` (unit tests and one end-to-end demo run,
+# about 10 minutes on 2 cores) and `make test-all` (the complete suite, what CI runs: .ci/run). Each
+# creates .venv and installs the project with exactly the pinned versions first (torch from the
+# machine's local wheel store).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CORES ?= 2
+# Extra pytest options, e.g. make test PYTEST_ARGS="--durations=20"
+PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean-demo
+.PHONY: install demo test test-all lint clean-demo
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +24,14 @@ install: $(INSTALLED)
 demo: $(INSTALLED)
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --configfile configs/demo.yaml --cores $(CORES)
 
+# The unit tests and the one demo run marked `demo` (pyproject.toml's markers); no SLURM cluster, no
+# kill-and-rerun runs.
 test: $(INSTALLED)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -m "not slow or demo" $(PYTEST_ARGS)
+
+# Every test, slow and SLURM ones included.
+test-all: $(INSTALLED)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
 # ruff (lint and format, configured in pyproject.toml) and Snakemake's own linter of the workflow
 lint: $(INSTALLED)

@@ -62,6 +62,44 @@ def _demo_data(args: argparse.Namespace) -> None:
     )
 
 
+def _init_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-dir", required=True, type=Path, help="your dataset folder (Kaggle layout)")
+    parser.add_argument("--out", required=True, type=Path, help="the config file to write, e.g. my.yaml")
+    parser.add_argument(
+        "--preset",
+        choices=("demo", "full"),
+        default="full",
+        help="full: the 7th-place models (GPUs); demo: the demo's tiny models (a CPU, minutes)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    parser.add_argument(
+        "--decode",
+        type=int,
+        default=16,
+        metavar="N",
+        help="images per split decoded completely (every file's header is read); 0 = none",
+    )
+    parser.add_argument("--decode-all", action="store_true", help="decode every image (slow on large folders)")
+    parser.add_argument(
+        "--workflow-dir", type=Path, help="the hpa-pipeline checkout (default: here, else the package's)"
+    )
+
+
+@subcommand("init-config", "check a dataset folder and write a commented config for it", _init_config_arguments)
+def _init_config(args: argparse.Namespace) -> None:
+    from hpa_pipeline.data.init_config import init_config
+
+    summary = init_config(
+        args.input_dir,
+        args.out,
+        preset=args.preset,
+        force=args.force,
+        workflow_dir=args.workflow_dir,
+        decode=None if args.decode_all else args.decode,
+    )
+    print(summary)
+
+
 def _index_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, type=Path, help="folder of {ID}_{channel}.png files")
     parser.add_argument("--table", required=True, type=Path, help="train.csv or sample_submission.csv")
@@ -421,7 +459,10 @@ def _plot_segmentation(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
+    from hpa_pipeline import __version__
+
     parser = argparse.ArgumentParser(prog="hpa-pipeline", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (handler, add_arguments, help_text) in _COMMANDS.items():

@@ -171,3 +171,37 @@ def _check_acyclic(config: dict[str, Any]) -> None:
 
     for name in models:
         visit(name, [])
+
+
+def check_input_paths(config: dict[str, Any]) -> None:
+    """Check the data folders the config names against the disk, before the DAG is built.
+
+    Catches what a demo config copied for one's own data carries over: ``demo_data`` next to an
+    ``input_dir`` of real images (the demo would write over them) and a ``truth_dir`` that no rule makes.
+    Relative paths are taken from the working directory (the workflow's).
+
+    Raises:
+        ConfigError: one sentence naming the key and the fix.
+    """
+    import os
+
+    from hpa_pipeline.io.folders import SYNTHETIC_MARKER, holds_real_images
+
+    input_dir = str(config["input_dir"])
+    demo = bool(config.get("demo_data"))
+    if demo and holds_real_images(input_dir):
+        raise ConfigError(
+            f"demo_data is set, but input_dir {input_dir} holds images that the demo generator did not write "
+            f"(no {SYNTHETIC_MARKER} file), so the demo would replace them: remove demo_data and truth_dir from "
+            f"the config, or write a config for this folder with `hpa-pipeline init-config --input-dir {input_dir} "
+            "--out my.yaml` (a demo dataset made before hpa-pipeline 0.2.0 has no marker: `make clean-demo`)"
+        )
+    truth_dir = config.get("truth_dir")
+    if truth_dir:
+        # rule make_demo_data writes input_dir/truth, so only then may the folder be missing at start-up
+        made_by_demo = demo and os.path.normpath(truth_dir) == os.path.normpath(os.path.join(input_dir, "truth"))
+        if not made_by_demo and not os.path.isdir(truth_dir):
+            raise ConfigError(
+                f"truth_dir: {truth_dir} does not exist and no rule makes it (only demo_data writes one, into "
+                "input_dir/truth): remove truth_dir from the config unless you have per-cell truth for your images"
+            )

@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 
 from hpa_pipeline.config import (
     check_config,
+    check_input_paths,
     ensemble_stage,
     model_stage,
     resolve_model,
@@ -18,6 +19,7 @@ from hpa_pipeline.settings import model_stores
 
 try:
     check_config(config)
+    check_input_paths(config)
 except ConfigError as error:
     raise WorkflowError(f"invalid configuration: {error}")
 

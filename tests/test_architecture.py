@@ -21,13 +21,13 @@ SHARED = {
     "progress": set(),
     "scores": set(),
     "settings": {"errors", "io"},
-    "config": {"errors", "settings"},
+    "config": {"errors", "settings", "io"},
     "io": {"errors", "labels", "progress", "io"},
     "nets": {"errors", "labels", "progress", "settings", "io", "nets"},
     "kaggle": {"errors", "labels", "io", "kaggle"},
 }
 #: What every stage may use besides its own room.
-STAGE_MAY_IMPORT = set(SHARED) - {"config"}
+STAGE_MAY_IMPORT = set(SHARED)
 
 
 def _room(module: str) -> str:

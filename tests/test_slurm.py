@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from workflow_helpers import REPO, copy_workflow
+from workflow_helpers import REPO, copy_workflow, small_config
 
 # The timeout is a backstop only: every command below has its own time limit.
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -525,3 +525,32 @@ def test_outputs_equal_a_local_run(slurm_demo):
     if slurm_demo.target == "submission":
         submission = "results/submission.csv"
         assert (slurm_demo.slurm_dir / submission).read_bytes() == (slurm_demo.local_dir / submission).read_bytes()
+
+
+# ------------------------------------------------------------- a failed job's message (issue 14)
+
+
+def test_a_failed_jobs_message_reaches_the_terminal(cluster, tiny_dataset, tmp_path):
+    """The corrupt PNG of tests/test_bad_input.py through profiles/slurm: the job's one-line reason is
+    printed by Snakemake on the submit node (show-failed-logs), not only left in logs/."""
+    workdir = copy_workflow(tmp_path / "work")
+    config = small_config(workdir, tiny_dataset)
+    broken = tiny_dataset / "train" / "img1_green.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    command = [
+        config if part == "configs/demo.yaml" else part
+        for part in slurm_command(workdir, "results/train/images_96/shard-0.zarr")
+    ]
+    env = dict(cluster.env)
+    env.pop("SNAKEMAKE_PROFILE", None)
+    result = subprocess.run(
+        ["timeout", "-s", "INT", "-k", "60", "420", *command, "--retries", "0"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "SLURM run ID" in output, output[-4000:]
+    assert f"cannot decode image file {broken} (corrupt or not an image)" in output, output[-4000:]

@@ -1,4 +1,4 @@
-"""Tests of the synthetic demo data generator (hpa_pipeline.synth)."""
+"""Tests of the synthetic demo data generator (hpa_pipeline.data.synth)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 
 from hpa_pipeline.data import synth
+from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import CHANNELS, read_rgby
+from hpa_pipeline.io.folders import SYNTHETIC_MARKER, holds_images, holds_real_images, is_synthetic
 from hpa_pipeline.labels import (
     N_CLASSES,
     NEGATIVE,
@@ -99,7 +101,7 @@ def test_exact_layout_and_columns(dataset: Path) -> None:
     assert len(read_train_table(dataset / "train.csv")) == 20
     assert len(read_test_table(dataset / "sample_submission.csv")) == 4
 
-    expected = {"train.csv", "sample_submission.csv", "truth/cells.csv"}
+    expected = {"train.csv", "sample_submission.csv", "truth/cells.csv", SYNTHETIC_MARKER}
     for split, ids in (("train", train["ID"]), ("test", sub["ID"])):
         for image_id in ids:
             expected |= {f"{split}/{image_id}_{channel}.png" for channel in CHANNELS}
@@ -324,13 +326,34 @@ def test_invalid_classes_are_rejected() -> None:
 def test_refuses_to_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "data"
     out.mkdir()
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(InputDataError, match=re.escape(f"{out} exists already; remove it, or pass --overwrite")):
         synth.write_demo_dataset(out, n_train=1, n_test=0, image_size=64, progress=False)
     (out / "old.txt").write_text("old")
     synth.write_demo_dataset(out, n_train=1, n_test=1, image_size=64, overwrite=True, progress=False)
     assert not (out / "old.txt").exists()
     assert (out / "train.csv").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no leftovers of the swap
+
+
+def test_marks_its_datasets_and_replaces_only_those(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    synth.write_demo_dataset(out, n_train=1, n_test=1, image_size=64, progress=False)
+    assert is_synthetic(out) and holds_images(out) and not holds_real_images(out)
+    synth.write_demo_dataset(out, n_train=2, n_test=1, image_size=64, seed=1, overwrite=True, progress=False)
+    assert len(pd.read_csv(out / "train.csv")) == 2
+
+
+def test_never_writes_into_a_folder_of_real_images(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    synth.write_demo_dataset(out, n_train=1, n_test=1, image_size=64, progress=False)
+    (out / SYNTHETIC_MARKER).unlink()  # from now on these images are someone's own data
+    before = _files(out)
+    with pytest.raises(
+        InputDataError, match=re.escape(f"refusing to write synthetic data into {out}: it holds images")
+    ):
+        synth.write_demo_dataset(out, n_train=1, n_test=1, image_size=64, overwrite=True, progress=False)
+    assert _files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def test_no_partial_output_when_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

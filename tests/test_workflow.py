@@ -17,6 +17,7 @@ from hpa_pipeline.io.stores import open_store, read_strings
 
 
 @pytest.mark.slow
+@pytest.mark.demo  # the one end-to-end run of `make test`
 def test_demo_writes_a_valid_submission_and_its_metrics(demo_run):
     from hpa_pipeline.kaggle.submission import read_submission
 
@@ -49,6 +50,7 @@ def test_demo_writes_a_valid_submission_and_its_metrics(demo_run):
 
 
 @pytest.mark.slow
+@pytest.mark.demo  # the one end-to-end run of `make test`
 def test_demo_preprocess_builds_every_store(demo_run):
     config = yaml.safe_load((demo_run / "configs" / "demo.yaml").read_text())
     train_ids = (demo_run / "resources/demo_data/train.csv").read_text().split("\n")[1:]
@@ -83,6 +85,7 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.demo  # the one end-to-end run of `make test`
 def test_finished_workflow_reruns_nothing(demo_run):
     assert planned_jobs(demo_run) == {}
 

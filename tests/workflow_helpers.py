@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "workflow_config.yaml", "rules", "schemas", "envs", "configs", "profiles", "report")
 
@@ -42,3 +44,23 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 18
             f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
         )
     return result
+
+
+def small_config(workdir: Path, data: Path) -> str:
+    """The demo config on ``data`` at 96 px (as tests/test_bad_input.py), written to configs/small.yaml."""
+    config = yaml.safe_load((workdir / "configs/demo.yaml").read_text())
+    config.pop("demo_data")
+    config.pop("truth_dir")
+    config["input_dir"] = str(data)
+    config["shards"] = {"train": 1, "test": 1}
+    config["preprocess"].update(image_sizes=[96], crop_image_sizes=[96], crop_size=24)
+    config["segment"]["inputs"] = {
+        "train": {"source": 96, "scale_factor": 0.125},
+        "test": {"source": "original", "scale_factor": 0.125},
+    }
+    for model in config["models"].values():
+        model["image_size"] = 96
+        model.pop("crop_size", None)
+    config["model_defaults"]["image"]["crop_size"] = 64
+    (workdir / "configs/small.yaml").write_text(yaml.safe_dump(config))
+    return "configs/small.yaml"

@@ -1,1 +1,1 @@
-"""The data stage (rules/data.smk): the demo dataset and the image index."""
+"""The data stage (rules/data.smk): the demo dataset, the image index, and configs for a user's data."""

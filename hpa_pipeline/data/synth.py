@@ -31,7 +31,9 @@ import numpy as np
 from scipy.special import ndtri
 from tqdm import tqdm
 
+from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import CHANNELS
+from hpa_pipeline.io.folders import SYNTHETIC_MARKER, holds_real_images
 from hpa_pipeline.labels import N_CLASSES, NEGATIVE
 
 #: Classes whose pattern lies inside the nucleus; a mitotic cell (no nuclear envelope) cannot show them.
@@ -1153,7 +1155,8 @@ def write_demo_dataset(
 
     Layout: ``train/`` and ``test/`` (``{ID}_{red,green,blue,yellow}.png``, uint8), ``train.csv`` (ID, Label),
     ``sample_submission.csv`` (ID, ImageWidth, ImageHeight, PredictionString), ``truth/{train,test}/
-    {ID}_cellmask.png`` (uint16) and ``truth/cells.csv`` (split, ID, instance, Label).
+    {ID}_cellmask.png`` (uint16), ``truth/cells.csv`` (split, ID, instance, Label) and the marker file
+    ``.hpa-pipeline-synthetic`` that tells the workflow's checks this folder holds synthetic data.
     Everything is written into a temporary sibling folder that is renamed to `out_dir` at the end, so an
     interrupted run leaves no (partial) `out_dir`.
 
@@ -1165,8 +1168,11 @@ def write_demo_dataset(
         seed: the same seed always gives byte-identical files.
         non_square_test: make the last test image 4:3 (width = 4/3 of the normal width).
         empty_test_images: the first this many test images contain no cells.
-        overwrite: replace an existing `out_dir`.
+        overwrite: replace an existing `out_dir`, unless it holds images that this generator did not write.
         progress: show a tqdm progress bar.
+
+    Raises:
+        InputDataError: `out_dir` exists and `overwrite` is not set, or it holds someone's own images.
     """
     out_dir = Path(out_dir)
     if seed < 0:
@@ -1180,8 +1186,7 @@ def write_demo_dataset(
         non_square_test=non_square_test,
         empty_test_images=empty_test_images,
     )
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists already; remove it or pass overwrite=True")
+    _check_target(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
@@ -1203,11 +1208,15 @@ def write_demo_dataset(
         _write_csv(tmp / "train.csv", ["ID", "Label"], train_rows)
         _write_csv(tmp / "sample_submission.csv", ["ID", "ImageWidth", "ImageHeight", "PredictionString"], test_rows)
         _write_csv(tmp / "truth" / "cells.csv", ["split", "ID", "instance", "Label"], cell_rows)
+        (tmp / SYNTHETIC_MARKER).write_text(
+            f"Synthetic dataset written by hpa_pipeline.data.synth (seed {seed}, {n_train} train and {n_test} test "
+            "images).\nThe workflow may replace this folder; without this file it is treated as real data.\n",
+            encoding="utf-8",
+        )
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset should be readable like any other folder
         old = None
         if out_dir.exists():
-            if not overwrite:  # appeared while we were writing
-                raise FileExistsError(f"{out_dir} exists already; remove it or pass overwrite=True")
+            _check_target(out_dir, overwrite)  # it appeared or changed while we were writing
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             os.rename(out_dir, old / "data")
         os.rename(tmp, out_dir)
@@ -1216,3 +1225,17 @@ def write_demo_dataset(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace a folder unless asked to, and never one that holds a user's own images."""
+    if not out_dir.exists():
+        return
+    if holds_real_images(out_dir):
+        raise InputDataError(
+            f"refusing to write synthetic data into {out_dir}: it holds images that the demo generator did not "
+            f"write (no {SYNTHETIC_MARKER} file); choose another folder, or remove demo_data from the config "
+            "to use these images"
+        )
+    if not overwrite:
+        raise InputDataError(f"{out_dir} exists already; remove it, or pass --overwrite (overwrite=True) to replace it")
