@@ -1,0 +1,325 @@
+"""Downloading the public HPA images, against a local HTTP server that can misbehave on request."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from hpa_pipeline.cli import main
+from hpa_pipeline.data.download import (
+    MANIFEST_NAME,
+    DownloadError,
+    download_images,
+    read_public_table,
+    write_download_outputs,
+)
+from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.io.channels import CHANNELS, read_channel_raw, read_rgby_with_bit_depth
+from hpa_pipeline.labels import read_train_table
+
+STEMS = ["/10005/921_B9_1", "/10005/921_B9_2", "/1000/A12_2", "/2031/55_C3_7"]
+IDS = ["10005_921_B9_1", "10005_921_B9_2", "1000_A12_2", "2031_55_C3_7"]
+FAST = {"workers": 2, "retries": 1, "timeout": 0.5, "backoff": 0.0}
+
+
+def tif_gz(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image)
+    return gzip.compress(buffer.getvalue())
+
+
+class FakeHPA:
+    """A local image server: ``files`` by URL path, ``behaviour`` per path, ``hits`` counted per path.
+
+    Behaviours: "404", "truncated" (half the gzip), "stall" (answers after ``stall`` seconds),
+    "503-once" (a 503, then the file).
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.images: dict[str, np.ndarray] = {}
+        self.behaviour: dict[str, str] = {}
+        self.hits: Counter[str] = Counter()
+        self.stall = 1.5
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                fake.hits[self.path] += 1
+                behaviour = fake.behaviour.get(self.path)
+                data = fake.files.get(self.path)
+                if data is None or behaviour == "404":
+                    self.send_error(404)
+                    return
+                if behaviour == "503-once" and fake.hits[self.path] == 1:
+                    self.send_error(503)
+                    return
+                if behaviour == "stall":
+                    time.sleep(fake.stall)
+                if behaviour == "truncated":
+                    data = data[: len(data) // 2]
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (stall)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def add_image(self, stem: str, size: int = 64, seed: int = 0, dtype: type = np.uint16) -> None:
+        rng = np.random.default_rng(seed)
+        for channel in CHANNELS:
+            image = rng.integers(0, np.iinfo(dtype).max, size=(size, size), dtype=dtype, endpoint=True)
+            self.images[f"{stem}_{channel}"] = image
+            self.files[f"{stem}_{channel}.tif.gz"] = tif_gz(image)
+
+    def image_hits(self) -> int:
+        return sum(self.hits.values())
+
+
+@pytest.fixture
+def server():
+    fake = FakeHPA()
+    for seed, stem in enumerate(STEMS):
+        fake.add_image(stem, seed=seed)
+    thread = threading.Thread(target=fake.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield fake
+    fake.server.shutdown()
+    fake.server.server_close()
+    thread.join()
+
+
+def public_table(path: Path, rows: list[str] | None = None, separator: str = ",") -> Path:
+    """A kaggle_2021.tsv-like file; ``rows`` are written with ``|`` between the first four fields.
+
+    The default rows are the four STEMS with labels, plus one train-set row and one unlabelled row.
+    """
+    if rows is None:
+        rows = [
+            f"https://images.proteinatlas.org{stem}|Nucleoplasm|False|{label}"
+            for stem, label in zip(STEMS, ["0|16", "5", "18", "2|3"])
+        ]
+        rows.insert(1, "https://images.proteinatlas.org/3/in_train|Nucleoli|True|2")
+        rows.insert(3, "https://images.proteinatlas.org/4/no_label|Nucleoli|False|")
+    header = "Image|Label|in_trainset|Label_idx"
+    path.write_text("\n".join(line.replace("|", separator, 3) for line in [header, *rows]) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+
+@pytest.mark.parametrize("separator", [",", "\t"])
+def test_table_keeps_labelled_public_rows_with_ids_from_the_url_stem(tmp_path, separator):
+    table = read_public_table(public_table(tmp_path / "kaggle_2021.tsv", separator=separator))
+    assert table["ID"].tolist() == IDS
+    assert table["url_path"].tolist() == STEMS
+    assert table["Label"].tolist() == ["0|16", "5", "18", "2|3"]
+
+
+def test_table_without_needed_columns_names_file_and_columns(tmp_path):
+    path = tmp_path / "list.tsv"
+    path.write_text("Image,Label\nhttps://h/1/a,Nucleoli\n")
+    with pytest.raises(InputDataError, match=r"list\.tsv: missing column\(s\) Label_idx, in_trainset"):
+        read_public_table(path)
+
+
+def test_duplicate_ids_name_both_rows(tmp_path):
+    rows = ["https://h/1/a_1|x|False|0", "https://h/2/b_1|x|False|1", "https://other/1/a_1|x|False|2"]
+    with pytest.raises(InputDataError, match="rows 2 and 4 both give image ID 1_a_1"):
+        read_public_table(public_table(tmp_path / "t.tsv", rows))
+
+
+def test_unknown_label_names_the_row(tmp_path):
+    rows = ["https://h/1/a_1|x|False|0", "https://h/2/b_1|x|False|0|19"]
+    with pytest.raises(InputDataError, match=r"t\.tsv row 3 .*unknown label '19'"):
+        read_public_table(public_table(tmp_path / "t.tsv", rows))
+
+
+def test_table_is_read_from_an_url(server, tmp_path):
+    server.files["/lists/kaggle_2021.tsv"] = public_table(tmp_path / "t.tsv").read_bytes()
+    assert read_public_table(f"{server.url}/lists/kaggle_2021.tsv")["ID"].tolist() == IDS
+
+
+# ------------------------------------------------------------------------------------------- download
+
+
+def test_download_writes_kaggle_layout_and_keeps_16_bit_values(server, tmp_path):
+    table = read_public_table(public_table(tmp_path / "t.tsv"))
+    result = download_images(table, server.url, tmp_path / "images", **FAST)
+    assert result.done == IDS and result.failed == {} and result.downloaded == 4
+    for image_id, stem in zip(IDS, STEMS):
+        for channel in CHANNELS:
+            written = tifffile.imread(tmp_path / "images" / f"{image_id}_{channel}.tif")
+            assert written.dtype == np.uint16
+            np.testing.assert_array_equal(written, server.images[f"{stem}_{channel}"])
+    manifest = pd.read_csv(tmp_path / "images" / MANIFEST_NAME)
+    assert sorted(manifest["ID"]) == sorted(IDS)
+    assert manifest.columns.tolist() == ["ID", "height", "width", "dtype", "finished"]
+    assert set(manifest["dtype"]) == {"uint16"} and set(manifest["height"]) == {64}
+
+
+def test_written_files_are_read_by_the_pipelines_channel_reader(server, tmp_path):
+    table = read_public_table(public_table(tmp_path / "t.tsv"))
+    download_images(table, server.url, tmp_path / "images", limit=1, **FAST)
+    assert read_channel_raw(tmp_path / "images" / f"{IDS[0]}_green.tif").dtype == np.uint16
+    image, bit_depth = read_rgby_with_bit_depth(tmp_path / "images", IDS[0])
+    assert image.shape == (4, 64, 64) and image.dtype == np.uint8 and bit_depth == 16
+
+
+def test_png_format_keeps_16_bit_values(server, tmp_path):
+    table = read_public_table(public_table(tmp_path / "t.tsv"))
+    download_images(table, server.url, tmp_path / "images", limit=1, image_format="png", **FAST)
+    written = read_channel_raw(tmp_path / "images" / f"{IDS[0]}_red.png")
+    np.testing.assert_array_equal(written, server.images[f"{STEMS[0]}_red"])
+
+
+def test_8_bit_images_stay_8_bit(server, tmp_path):
+    server.add_image(STEMS[0], dtype=np.uint8)
+    table = read_public_table(public_table(tmp_path / "t.tsv"))
+    download_images(table, server.url, tmp_path / "images", limit=1, **FAST)
+    assert read_channel_raw(tmp_path / "images" / f"{IDS[0]}_blue.tif").dtype == np.uint8
+
+
+def test_rerun_downloads_nothing(server, tmp_path):
+    table = read_public_table(public_table(tmp_path / "t.tsv"))
+    download_images(table, server.url, tmp_path / "images", **FAST)
+    hits = server.image_hits()
+    again = download_images(table, server.url, tmp_path / "images", **FAST)
+    assert server.image_hits() == hits
+    assert again.done == IDS and again.downloaded == 0
+
+
+def test_killed_run_resumes_with_only_the_missing_images(server, tmp_path):
+    table = read_public_table(public_table(tmp_path / "t.tsv"))
+    images = tmp_path / "images"
+    download_images(table, server.url, images, limit=3, **FAST)
+    manifest = images / MANIFEST_NAME
+    lines = manifest.read_text().splitlines(keepends=True)
+    # Killed while writing the line of the third image (its files are there, its line is cut short),
+    # and while writing the files of the fourth (a temporary file is left).
+    third = next(line for line in lines if line.startswith(IDS[2]))
+    manifest.write_text("".join(line for line in lines if line != third) + third[:12])
+    (images / f".{IDS[3]}_red.tif.abc123.tmp").write_bytes(b"partial")
+    server.hits.clear()
+    result = download_images(table, server.url, images, **FAST)
+    assert result.done == IDS and result.downloaded == 2
+    assert {path.rsplit("_", 1)[0] for path in server.hits} == {STEMS[2], STEMS[3]}
+    assert not list(images.glob(".*.tmp"))
+    resumed = pd.read_csv(manifest)
+    assert sorted(resumed["ID"]) == sorted(IDS) and resumed["finished"].notna().all()
+
+
+def test_image_with_a_deleted_file_is_downloaded_again(server, tmp_path):
+    table = read_public_table(public_table(tmp_path / "t.tsv"))
+    download_images(table, server.url, tmp_path / "images", **FAST)
+    (tmp_path / "images" / f"{IDS[1]}_yellow.tif").unlink()
+    result = download_images(table, server.url, tmp_path / "images", **FAST)
+    assert result.downloaded == 1 and (tmp_path / "images" / f"{IDS[1]}_yellow.tif").is_file()
+
+
+def test_limit_downloads_the_first_images(server, tmp_path):
+    table = read_public_table(public_table(tmp_path / "t.tsv"))
+    result = download_images(table, server.url, tmp_path / "images", limit=2, **FAST)
+    assert result.done == IDS[:2]
+    assert sorted(path.name for path in (tmp_path / "images").glob("*.tif")) == sorted(
+        f"{image_id}_{channel}.tif" for image_id in IDS[:2] for channel in CHANNELS
+    )
+
+
+def test_failed_images_are_listed_with_their_reasons(server, tmp_path):
+    server.behaviour[f"{STEMS[0]}_green.tif.gz"] = "404"
+    server.behaviour[f"{STEMS[1]}_blue.tif.gz"] = "truncated"
+    server.behaviour[f"{STEMS[2]}_yellow.tif.gz"] = "stall"
+    server.add_image(STEMS[3] + "_x", size=32)  # a green channel at another size
+    server.files[f"{STEMS[3]}_green.tif.gz"] = server.files[f"{STEMS[3]}_x_green.tif.gz"]
+    table = read_public_table(public_table(tmp_path / "t.tsv"))
+    result = download_images(table, server.url, tmp_path / "images", workers=4, retries=1, timeout=0.3, backoff=0)
+    assert result.done == []
+    assert list(result.failed) == IDS
+    assert result.failed[IDS[0]] == f"HTTP 404 for {STEMS[0]}_green.tif.gz"
+    assert result.failed[IDS[1]] == f"truncated gzip after 2 tries ({STEMS[1]}_blue.tif.gz)"
+    assert result.failed[IDS[2]] == f"timed out after 2 tries ({STEMS[2]}_yellow.tif.gz)"
+    assert result.failed[IDS[3]] == "channels differ in size: red 64x64, green 32x32, blue 64x64, yellow 64x64"
+    assert server.hits[f"{STEMS[0]}_green.tif.gz"] == 1  # a 404 is not retried
+    assert server.hits[f"{STEMS[1]}_blue.tif.gz"] == 2
+    assert not list((tmp_path / "images").glob(f"{IDS[0]}_*")), "no part of a failed image is written"
+    assert pd.read_csv(tmp_path / "images" / MANIFEST_NAME).empty
+
+
+def test_a_503_is_retried(server, tmp_path):
+    server.behaviour[f"{STEMS[0]}_red.tif.gz"] = "503-once"
+    table = read_public_table(public_table(tmp_path / "t.tsv"))
+    result = download_images(table, server.url, tmp_path / "images", limit=1, **FAST)
+    assert result.done == IDS[:1] and result.retried == 1
+    assert server.hits[f"{STEMS[0]}_red.tif.gz"] == 2
+
+
+def test_a_refused_base_url_stops_the_download_fast(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    rows = [f"https://h/{i}/img_{i}|x|False|0" for i in range(200)]
+    table = read_public_table(public_table(tmp_path / "t.tsv", rows))
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=f"base URL {closed} refused every request .*connection refused"):
+        download_images(table, closed, tmp_path / "images", workers=4, retries=4, timeout=0.5, backoff=0.01)
+    assert time.monotonic() - start < 5
+
+
+# -------------------------------------------------------------------------------------------- outputs
+
+
+def test_outputs_list_the_failures_and_label_the_rest(server, tmp_path):
+    server.behaviour[f"{STEMS[1]}_red.tif.gz"] = "404"
+    table = read_public_table(public_table(tmp_path / "t.tsv"))
+    result = download_images(table, server.url, tmp_path / "images", **FAST)
+    write_download_outputs(result, table, tmp_path / "public.csv", tmp_path / "failed.csv", max_failed_fraction=0.25)
+    labels = read_train_table(tmp_path / "public.csv")
+    assert labels["ID"].tolist() == [IDS[0], IDS[2], IDS[3]]
+    assert labels["Label"].tolist() == ["0|16", "18", "2|3"]
+    failed = pd.read_csv(tmp_path / "failed.csv")
+    assert failed.to_dict("records") == [{"ID": IDS[1], "reason": f"HTTP 404 for {STEMS[1]}_red.tif.gz"}]
+
+
+def test_too_many_failures_is_an_error_and_writes_no_labels(server, tmp_path):
+    server.behaviour[f"{STEMS[1]}_red.tif.gz"] = "404"
+    server.behaviour[f"{STEMS[2]}_red.tif.gz"] = "404"
+    table = read_public_table(public_table(tmp_path / "t.tsv"))
+    result = download_images(table, server.url, tmp_path / "images", **FAST)
+    with pytest.raises(DownloadError, match=r"2 of 4 images failed .*50\.00%.*25\.00%.*failed\.csv"):
+        write_download_outputs(result, table, tmp_path / "public.csv", tmp_path / "failed.csv", 0.25)
+    assert not (tmp_path / "public.csv").exists()
+    assert len(pd.read_csv(tmp_path / "failed.csv")) == 2
+
+
+def test_cli_downloads_end_to_end(server, tmp_path):
+    server.files["/kaggle_2021.tsv"] = public_table(tmp_path / "t.tsv").read_bytes()
+    out = tmp_path / "public"
+    code = main(
+        ["download-public", "--tsv", f"{server.url}/kaggle_2021.tsv", "--base-url", server.url,
+         "--out-images", str(out / "images"), "--out-table", str(out / "train.csv"),
+         "--out-failed", str(out / "failed.csv"), "--workers", "2", "--timeout", "2", "--limit", "3"]
+    )  # fmt: skip
+    assert code == 0
+    assert read_train_table(out / "train.csv")["ID"].tolist() == IDS[:3]
+    assert pd.read_csv(out / "failed.csv").empty
+    assert len(list((out / "images").glob("*.tif"))) == 12
