@@ -265,6 +265,26 @@ def test_failed_images_are_listed_with_their_reasons(server, tmp_path):
     assert pd.read_csv(tmp_path / "images" / MANIFEST_NAME).empty
 
 
+@pytest.mark.parametrize(
+    ("served", "reason"),
+    [
+        (b"<html>busy</html>", "not a valid gzip file"),
+        (gzip.compress(b"garbage, not a TIFF"), "cannot decode the TIFF"),
+        (gzip.compress(b"II*\0garbage"), "the TIFF holds no image"),
+        (tif_gz(np.zeros((2, 8, 8), np.uint16)), "expected a 2-D grayscale image, found shape (2, 8, 8)"),
+        (tif_gz(np.zeros((8, 8), np.float32)), "unsupported pixel type float32"),
+    ],
+    ids=["html", "not-tiff", "empty-tiff", "stack", "float"],
+)
+def test_a_broken_file_fails_its_image_without_retries(server, tmp_path, served, reason):
+    server.files[f"{STEMS[0]}_blue.tif.gz"] = served
+    table = read_public_table(public_table(tmp_path / "t.tsv"))
+    result = download_images(table, server.url, tmp_path / "images", limit=2, **FAST)
+    assert result.done == IDS[1:2]
+    assert reason in result.failed[IDS[0]] and f"{STEMS[0]}_blue.tif.gz" in result.failed[IDS[0]]
+    assert server.hits[f"{STEMS[0]}_blue.tif.gz"] == 1
+
+
 def test_a_503_is_retried(server, tmp_path):
     server.behaviour[f"{STEMS[0]}_red.tif.gz"] = "503-once"
     table = read_public_table(public_table(tmp_path / "t.tsv"))

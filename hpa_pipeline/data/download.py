@@ -44,7 +44,6 @@ from hpa_pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
-PUBLIC_BASE_URL = "https://images.proteinatlas.org"
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("ID", "height", "width", "dtype", "finished")
 IMAGE_FORMATS = ("tif", "png")
@@ -242,6 +241,7 @@ def download_images(
             downloaded += 1
     if client.abort_reason:
         raise DownloadError(client.abort_reason)
+    log.info("downloaded %d images (%d requests retried), %d failed", downloaded, client.retried, len(failed))
     return DownloadResult(
         done=[image_id for image_id in ids if image_id in finished],
         failed={image_id: failed[image_id] for image_id in ids if image_id in failed},
@@ -321,7 +321,9 @@ def _decode_channel(raw: bytes) -> np.ndarray:
         image = tifffile.imread(io.BytesIO(raw))
     except Exception as exc:  # tifffile raises many types for broken files
         raise ValueError(f"cannot decode the TIFF ({exc})") from exc
-    if image.ndim != 2 or image.size == 0:
+    if image.size == 0:
+        raise ValueError("the TIFF holds no image")
+    if image.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, found shape {image.shape}")
     if image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"unsupported pixel type {image.dtype} (expected 8- or 16-bit)")
@@ -355,8 +357,9 @@ class _Client:
     """Fetches files with retries and notices a server that answers nothing.
 
     Every try counts: an answer (any HTTP status but 5xx) resets the count of consecutive unanswered tries
-    (connection errors, timeouts, 5xx); when that count reaches ``2 * workers``, every worker has failed
-    twice in a row, so the base URL or the network is at fault and the download stops.
+    (connection errors, timeouts, 5xx). When that count reaches ``2 * workers``, every worker has failed
+    twice in a row, and at least three images' worth of tries failed (so that one bad file, retried, is not
+    mistaken for a dead server): the base URL or the network is at fault and the download stops.
     """
 
     def __init__(self, base_url: str, retries: int, timeout: float, backoff: float, workers: int) -> None:
@@ -366,7 +369,7 @@ class _Client:
         self.backoff = backoff
         self.retried = 0
         self.abort_reason = ""
-        self._abort_after = 2 * workers
+        self._abort_after = max(2 * workers, 3 * (retries + 1))
         self._unanswered = 0
         self._answered = False
         self._stopped = False
