@@ -63,21 +63,37 @@ def _demo_data(args: argparse.Namespace) -> None:
 
 
 def _download_public_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tsv", required=True, help="the public image list (kaggle_2021.tsv): a path or an URL")
+    parser.add_argument("--tsv", required=True, help="the public image list (kaggle_2021.tsv): a path or a URL")
     parser.add_argument(
-        "--base-url", default="https://images.proteinatlas.org", help="replaces the scheme and host of the list's URLs"
+        "--base-url",
+        default="https://images.proteinatlas.org",
+        help="replaces the scheme and host of the list's URLs (default: %(default)s)",
     )
     parser.add_argument("--out-images", required=True, type=Path, help="folder of {ID}_{channel} files and manifest")
     parser.add_argument("--out-table", required=True, type=Path, help="ID,Label CSV of the downloaded images")
     parser.add_argument("--out-failed", required=True, type=Path, help="ID,reason CSV of the failed images")
-    parser.add_argument("--workers", type=int, default=16, help="images downloaded at the same time")
-    parser.add_argument("--retries", type=int, default=4, help="extra tries of a file after a transient failure")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait for the server")
     parser.add_argument(
-        "--max-failed-fraction", type=float, default=0.05, help="fail (no --out-table) if more images failed"
+        "--workers", type=int, default=16, help="images downloaded at the same time (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=4, help="extra tries of a file after a transient failure (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds a request may wait for the server (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-failed-fraction",
+        type=float,
+        default=0.05,
+        help="fail, writing no --out-table, if a larger share of the images failed (default: %(default)s)",
     )
     parser.add_argument("--limit", type=int, help="only the first N images of the list (a quick look)")
-    parser.add_argument("--format", choices=("tif", "png"), default="tif", help="file type written (both 16-bit)")
+    parser.add_argument(
+        "--format",
+        choices=("tif", "png"),
+        default="tif",
+        help="file type written; both keep 16-bit pixels (default: %(default)s)",
+    )
 
 
 @subcommand("download-public", "download the public HPA images of the image list", _download_public_arguments)

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 import tifffile
 
 from hpa_pipeline.cli import main
+from hpa_pipeline.data import download
 from hpa_pipeline.data.download import (
     MANIFEST_NAME,
     DownloadError,
@@ -43,7 +45,7 @@ class FakeHPA:
     """A local image server: ``files`` by URL path, ``behaviour`` per path, ``hits`` counted per path.
 
     Behaviours: "404", "truncated" (half the gzip), "stall" (answers after ``stall`` seconds),
-    "503-once" (a 503, then the file).
+    "503" (always), "503-once" (a 503, then the file).
     """
 
     def __init__(self) -> None:
@@ -62,7 +64,7 @@ class FakeHPA:
                 if data is None or behaviour == "404":
                     self.send_error(404)
                     return
-                if behaviour == "503-once" and fake.hits[self.path] == 1:
+                if behaviour == "503" or (behaviour == "503-once" and fake.hits[self.path] == 1):
                     self.send_error(503)
                     return
                 if behaviour == "stall":
@@ -303,6 +305,40 @@ def test_a_refused_base_url_stops_the_download_fast(tmp_path):
     with pytest.raises(DownloadError, match=f"base URL {closed} refused every request .*connection refused"):
         download_images(table, closed, tmp_path / "images", workers=4, retries=4, timeout=0.5, backoff=0.01)
     assert time.monotonic() - start < 5
+
+
+def test_a_server_that_stops_answering_stops_the_download(server, tmp_path):
+    stems = [f"/9/img_{i}" for i in range(12)]
+    for i, stem in enumerate(stems):
+        server.add_image(stem, size=8, seed=i)
+        if i > 0:
+            for channel in CHANNELS:
+                server.behaviour[f"{stem}_{channel}.tif.gz"] = "503"
+    table = read_public_table(public_table(tmp_path / "t.tsv", [f"https://h{stem}|x|False|0" for stem in stems]))
+    with pytest.raises(DownloadError, match=f"base URL {server.url} stopped answering .*HTTP 503"):
+        download_images(table, server.url, tmp_path / "images", **{**FAST, "workers": 1})
+    assert pd.read_csv(tmp_path / "images" / MANIFEST_NAME)["ID"].tolist() == ["9_img_0"]
+
+
+def test_an_interrupted_run_keeps_the_finished_images(server, tmp_path, monkeypatch):
+    finished = []
+
+    class Clock:
+        @staticmethod
+        def now(tz):
+            finished.append(tz)
+            if len(finished) == 2:
+                raise KeyboardInterrupt
+            return datetime.now(tz)
+
+    monkeypatch.setattr(download, "datetime", Clock)
+    table = read_public_table(public_table(tmp_path / "t.tsv"))
+    with pytest.raises(KeyboardInterrupt):
+        download_images(table, server.url, tmp_path / "images", **FAST)
+    monkeypatch.undo()
+    assert len(pd.read_csv(tmp_path / "images" / MANIFEST_NAME)) == 1
+    result = download_images(table, server.url, tmp_path / "images", **FAST)
+    assert result.done == IDS and result.downloaded == 3
 
 
 # -------------------------------------------------------------------------------------------- outputs
