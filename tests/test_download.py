@@ -96,6 +96,13 @@ class FakeHPA:
         return sum(self.hits.values())
 
 
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    """Requests to the local server must not go through a proxy configured on the machine."""
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+
+
 @pytest.fixture
 def server():
     fake = FakeHPA()
@@ -321,13 +328,13 @@ def test_a_server_that_stops_answering_stops_the_download(server, tmp_path):
 
 
 def test_an_interrupted_run_keeps_the_finished_images(server, tmp_path, monkeypatch):
-    finished = []
+    calls = []
 
-    class Clock:
+    class Clock:  # Ctrl-C while the second image is being recorded
         @staticmethod
         def now(tz):
-            finished.append(tz)
-            if len(finished) == 2:
+            calls.append(tz)
+            if len(calls) == 2:
                 raise KeyboardInterrupt
             return datetime.now(tz)
 
@@ -335,7 +342,7 @@ def test_an_interrupted_run_keeps_the_finished_images(server, tmp_path, monkeypa
     table = read_public_table(public_table(tmp_path / "t.tsv"))
     with pytest.raises(KeyboardInterrupt):
         download_images(table, server.url, tmp_path / "images", **FAST)
-    monkeypatch.undo()
+    monkeypatch.setattr(download, "datetime", datetime)
     assert len(pd.read_csv(tmp_path / "images" / MANIFEST_NAME)) == 1
     result = download_images(table, server.url, tmp_path / "images", **FAST)
     assert result.done == IDS and result.downloaded == 3

@@ -23,9 +23,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -224,10 +224,10 @@ def download_images(
     client = _Client(base_url.rstrip("/"), retries, timeout, backoff, workers)
     failed: dict[str, str] = {}
     downloaded = 0
-    with open(out_dir / MANIFEST_NAME, "a", encoding="utf-8") as manifest:
-        for image_id, outcome in progress(
-            _run_pool(client, todo, out_dir, image_format, workers), "download", len(todo), unit="image"
-        ):
+    outcomes = _run_pool(client, todo, out_dir, image_format, workers)
+    # closing(): an exception here (Ctrl-C, a failed write) reaches the pool at once and cancels its queue.
+    with open(out_dir / MANIFEST_NAME, "a", encoding="utf-8") as manifest, closing(outcomes):
+        for image_id, outcome in progress(outcomes, "download", len(todo), unit="image"):
             if isinstance(outcome, str):
                 failed[image_id] = outcome
                 continue
@@ -252,7 +252,7 @@ def download_images(
 
 def _run_pool(
     client: _Client, todo: list[tuple[str, str]], out_dir: Path, image_format: str, workers: int
-) -> Iterator[tuple[str, tuple[int, int, str] | str]]:
+) -> Generator[tuple[str, tuple[int, int, str] | str]]:
     """Download ``todo`` with ``workers`` threads, yielding (ID, (height, width, dtype) or reason) as each ends.
 
     At most ``2 * workers`` images are queued at a time, so an abort leaves little work to cancel.
