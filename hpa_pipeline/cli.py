@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpa_pipeline.errors import PipelineError
+from hpa_pipeline.errors import ConfigError, PipelineError
 
 if TYPE_CHECKING:
     from hpa_pipeline.settings import ModelData
@@ -168,6 +168,66 @@ def _index(args: argparse.Namespace) -> None:
     index = build_index(args.images, args.table, args.kind, args.shards)
     write_index(args.out, index)
     log.info("%d images in %d shards", len(index), args.shards)
+
+
+def _hash_images_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", required=True, type=Path, nargs="+", help="a dataset's images stores")
+    parser.add_argument("--out", required=True, type=Path, help="hash table CSV (ID,hash)")
+
+
+@subcommand("hash-images", "compute the perceptual hash of every image of images stores", _hash_images_arguments)
+def _hash_images(args: argparse.Namespace) -> None:
+    from hpa_pipeline.data.duplicates import hash_images_store, write_hash_table
+
+    table = hash_images_store(args.images)
+    write_hash_table(args.out, table)
+    log.info("hashed %d images", len(table))
+
+
+def _dataset_file(text: str) -> tuple[str, Path]:
+    dataset, separator, path = text.partition("=")
+    if not separator or not dataset or not path:
+        raise argparse.ArgumentTypeError(f"expected DATASET=CSV, got {text!r}")
+    return dataset, Path(path)
+
+
+def _duplicate_groups_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--hashes", required=True, type=_dataset_file, nargs="+", metavar="DATASET=CSV", help="each dataset's hashes"
+    )
+    parser.add_argument("--max-distance", required=True, type=int, help="largest Hamming distance (bits of 64)")
+    parser.add_argument("--test-dataset", default="test", help="the test set's name (for the summary)")
+    parser.add_argument("--out", required=True, type=Path, help="groups CSV (group,dataset,ID,distance)")
+
+
+@subcommand(
+    "duplicate-groups", "group near-duplicate images across datasets by hash distance", _duplicate_groups_arguments
+)
+def _duplicate_groups(args: argparse.Namespace) -> None:
+    from hpa_pipeline.data.duplicates import (
+        find_duplicate_groups,
+        read_hash_table,
+        summarize_groups,
+        write_duplicate_groups,
+    )
+
+    datasets = [dataset for dataset, _ in args.hashes]
+    repeated = sorted({dataset for dataset in datasets if datasets.count(dataset) > 1})
+    if repeated:
+        raise ConfigError(f"--hashes names dataset(s) {', '.join(repeated)} more than once")
+    groups = find_duplicate_groups({dataset: read_hash_table(path) for dataset, path in args.hashes}, args.max_distance)
+    write_duplicate_groups(args.out, groups)
+    summary = summarize_groups(groups, args.test_dataset)
+    log.info(
+        "%d groups of near duplicates (max distance %d) hold %d images; %d groups span datasets; "
+        "%d training images duplicate %s images",
+        summary["groups"],
+        args.max_distance,
+        summary["images"],
+        summary["groups_across_datasets"],
+        summary["duplicates_of_test"],
+        args.test_dataset,
+    )
 
 
 # --------------------------------------------------------------------------------------- preprocess
