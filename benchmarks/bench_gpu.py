@@ -273,7 +273,7 @@ def bench_loaders(args, consumption: float | None) -> None:
         resize_shard(data / "train", ids, [768, 1536], [work / "i768.zarr", work / "i1536.zarr"], threads=2)
         truth_masks_store(data, ids, work / "truth.zarr")
         resize_masks_shard(work / "truth.zarr", [768, 1536], [work / "m768.zarr", work / "m1536.zarr"],
-                           work / "cells.zarr")  # fmt: skip
+                           work / "cells.zarr", "train")  # fmt: skip
     cells = read_cell_table(work / "cells.zarr")
     labels = np.zeros((len(ids), 19), np.float32)
     print(f"\nZarr CAM loader supply ({len(ids)} fields of 2048 px, batch {args.batch}; the CAM step consumes "

@@ -89,7 +89,7 @@ def main() -> None:
     work = args.workdir / "loader"
     resize_shard(data / "train", ids, [768], [work / "i768.zarr"], threads=2)
     truth_masks_store(data, ids, work / "truth.zarr")
-    resize_masks_shard(work / "truth.zarr", [768], [work / "m768.zarr"], work / "cells.zarr")
+    resize_masks_shard(work / "truth.zarr", [768], [work / "m768.zarr"], work / "cells.zarr", "train")
     crop_shard(work / "i768.zarr", work / "m768.zarr", work / "cells.zarr", 192, work / "crops.zarr")
     png = work / "png768"
     png.mkdir(parents=True, exist_ok=True)

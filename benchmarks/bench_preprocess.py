@@ -82,7 +82,7 @@ def child(stage: str, data: Path, ids: list[str], out: Path) -> None:
     elif stage == "crop":
         resize_shard(data / "train", ids, [768], [out / "i768.zarr"], threads=2)
         truth_masks_store(data, ids, out / "truth.zarr")
-        resize_masks_shard(out / "truth.zarr", [768], [out / "m768.zarr"], out / "cells.zarr")
+        resize_masks_shard(out / "truth.zarr", [768], [out / "m768.zarr"], out / "cells.zarr", "train")
         crop_shard(out / "i768.zarr", out / "m768.zarr", out / "cells.zarr", 192, out / "crops.zarr")
     # VmHWM is this process's own high-water mark; ru_maxrss would include the parent's at fork time
     peak_kib = next(
@@ -156,7 +156,7 @@ def main() -> None:
     )
 
     truth_masks_store(data, ids, work / "truth.zarr")
-    resize_masks_shard(work / "truth.zarr", [768], [work / "m768.zarr"], work / "cells.zarr")
+    resize_masks_shard(work / "truth.zarr", [768], [work / "m768.zarr"], work / "cells.zarr", "train")
     n_cells = read_cell_table(work / "cells.zarr").n_cells
     started = time.perf_counter()
     crop_shard(work / "i768.zarr", work / "m768.zarr", work / "cells.zarr", 192, work / "crops.zarr")

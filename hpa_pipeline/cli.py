@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpa_pipeline.errors import ConfigError, PipelineError
+from hpa_pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
     from hpa_pipeline.settings import ModelData
@@ -42,6 +42,7 @@ def _demo_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, required=True, help="side of the square fields")
     parser.add_argument("--cells-per-image", type=int, nargs=2, default=(8, 16), metavar=("MIN", "MAX"))
     parser.add_argument("--empty-test-images", type=int, default=0)
+    parser.add_argument("--n-public", type=int, default=0, help="images of a local public-HPA server mirror")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing demo dataset")
 
@@ -58,6 +59,7 @@ def _demo_data(args: argparse.Namespace) -> None:
         cells_per_image=tuple(args.cells_per_image),
         seed=args.seed,
         empty_test_images=args.empty_test_images,
+        n_public=args.n_public,
         overwrite=args.overwrite,
     )
 
@@ -156,16 +158,21 @@ def _index_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, type=Path, help="folder of {ID}_{channel}.png files")
     parser.add_argument("--table", required=True, type=Path, help="train.csv or sample_submission.csv")
     parser.add_argument("--kind", required=True, choices=("train", "test"))
+    parser.add_argument("--dataset", help="the dataset's name (default: the kind)")
+    parser.add_argument(
+        "--disjoint-from", type=Path, nargs="*", default=[], help="other datasets' index.csv that must share no ID"
+    )
     parser.add_argument("--shards", required=True, type=int)
     parser.add_argument("--out", required=True, type=Path)
 
 
 @subcommand("index", "check a dataset's files and assign its images to shards", _index_arguments)
 def _index(args: argparse.Namespace) -> None:
-    from hpa_pipeline.data.index import build_index
+    from hpa_pipeline.data.index import build_index, check_disjoint
     from hpa_pipeline.io.index import write_index
 
-    index = build_index(args.images, args.table, args.kind, args.shards)
+    index = build_index(args.images, args.table, args.kind, args.shards, dataset=args.dataset)
+    check_disjoint(index, args.table, args.disjoint_from)
     write_index(args.out, index)
     log.info("%d images in %d shards", len(index), args.shards)
 
@@ -193,7 +200,12 @@ def _dataset_file(text: str) -> tuple[str, Path]:
 
 def _duplicate_groups_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--hashes", required=True, type=_dataset_file, nargs="+", metavar="DATASET=CSV", help="each dataset's hashes"
+        "--hashes",
+        required=True,
+        type=_dataset_file,
+        nargs="+",
+        metavar="DATASET=CSV",
+        help="hash tables (a dataset may name one per shard)",
     )
     parser.add_argument("--max-distance", required=True, type=int, help="largest Hamming distance (bits of 64)")
     parser.add_argument("--test-dataset", default="test", help="the test set's name (for the summary)")
@@ -204,18 +216,17 @@ def _duplicate_groups_arguments(parser: argparse.ArgumentParser) -> None:
     "duplicate-groups", "group near-duplicate images across datasets by hash distance", _duplicate_groups_arguments
 )
 def _duplicate_groups(args: argparse.Namespace) -> None:
-    from hpa_pipeline.data.duplicates import (
-        find_duplicate_groups,
-        read_hash_table,
-        summarize_groups,
-        write_duplicate_groups,
-    )
+    import pandas as pd
 
-    datasets = [dataset for dataset, _ in args.hashes]
-    repeated = sorted({dataset for dataset in datasets if datasets.count(dataset) > 1})
-    if repeated:
-        raise ConfigError(f"--hashes names dataset(s) {', '.join(repeated)} more than once")
-    groups = find_duplicate_groups({dataset: read_hash_table(path) for dataset, path in args.hashes}, args.max_distance)
+    from hpa_pipeline.data.duplicates import find_duplicate_groups, read_hash_table, summarize_groups
+    from hpa_pipeline.io.duplicates import write_duplicate_groups
+
+    # a dataset's shards each have a table: join them in the given order
+    tables: dict[str, list[pd.DataFrame]] = {}
+    for dataset, path in args.hashes:
+        tables.setdefault(dataset, []).append(read_hash_table(path))
+    hashes = {dataset: pd.concat(parts, ignore_index=True) for dataset, parts in tables.items()}
+    groups = find_duplicate_groups(hashes, args.max_distance)
     write_duplicate_groups(args.out, groups)
     summary = summarize_groups(groups, args.test_dataset)
     log.info(
@@ -301,13 +312,14 @@ def _resize_masks_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", required=True, type=int, nargs="+")
     parser.add_argument("--out-masks", required=True, type=Path, nargs="+", help="one store per size")
     parser.add_argument("--out-cells", required=True, type=Path, help="the shard's cell table store")
+    parser.add_argument("--dataset", required=True, help="the dataset the shard belongs to")
 
 
 @subcommand("resize-masks", "resize a shard's masks to every size and write its cell table", _resize_masks_arguments)
 def _resize_masks(args: argparse.Namespace) -> None:
     from hpa_pipeline.preprocess.masks import resize_masks_shard
 
-    resize_masks_shard(args.masks, args.sizes, args.out_masks, args.out_cells)
+    resize_masks_shard(args.masks, args.sizes, args.out_masks, args.out_cells, args.dataset)
 
 
 def _crop_arguments(parser: argparse.ArgumentParser) -> None:
@@ -332,21 +344,43 @@ def _folds_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, type=Path, help="a training dataset's index.csv")
     parser.add_argument("--n-folds", required=True, type=int)
     parser.add_argument("--seed", required=True, type=int)
+    parser.add_argument("--duplicates", type=Path, help="duplicate groups CSV: each group stays in one fold")
+    parser.add_argument(
+        "--earlier-folds",
+        nargs="*",
+        default=[],
+        metavar="DATASET=CSV",
+        help="fold tables of the datasets split before this one (a group they share keeps their fold)",
+    )
+    parser.add_argument(
+        "--drop-test-duplicates", action="store_true", help="never train on images that duplicate a test image"
+    )
     parser.add_argument("--out", required=True, type=Path)
 
 
 @subcommand("folds", "assign a training dataset's images to multilabel-stratified folds", _folds_arguments)
 def _folds(args: argparse.Namespace) -> None:
-    from hpa_pipeline.io.folds import write_folds
+    from hpa_pipeline.io.duplicates import read_duplicate_groups
+    from hpa_pipeline.io.folds import read_folds, write_folds
     from hpa_pipeline.io.index import read_index
-    from hpa_pipeline.labels import labels_to_matrix, parse_labels
-    from hpa_pipeline.train.folds import make_folds
+    from hpa_pipeline.train.folds import fold_table
 
-    index = read_index(args.index)
-    labels = labels_to_matrix(
-        [parse_labels(text, f"{args.index} (ID {i})") for i, text in zip(index["ID"], index["Label"])]
+    earlier = {}
+    for item in args.earlier_folds:
+        name, _, path = item.partition("=")
+        if not path:
+            raise PipelineError(f"--earlier-folds {item!r}: expected DATASET=CSV")
+        earlier[name] = read_folds(path)
+    table = fold_table(
+        read_index(args.index),
+        args.n_folds,
+        args.seed,
+        read_duplicate_groups(args.duplicates) if args.duplicates else None,
+        earlier,
+        drop_test_duplicates=args.drop_test_duplicates,
+        source=str(args.index),
     )
-    write_folds(args.out, index["ID"].tolist(), make_folds(labels, args.n_folds, args.seed))
+    write_folds(args.out, table["ID"].tolist(), table["fold"].to_numpy(), table["trainable"].to_numpy())
 
 
 def _model_data_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,23 @@ def train_datasets(config: dict[str, Any]) -> list[str]:
     return ["train", *(config.get("extra_train_sets") or {})]
 
 
+#: Defaults of an extra set's ``download`` block (the schema's, for configs not validated by Snakemake).
+DOWNLOAD_DEFAULTS: dict[str, Any] = {
+    "base_url": "https://images.proteinatlas.org",
+    "workers": 16,
+    "retries": 4,
+    "timeout": 60,
+    "max_failed_fraction": 0.01,
+    "limit": None,
+    "format": "tif",
+}
+
+
+def download_settings(config: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """The ``download`` block of extra set ``dataset`` with every default filled in."""
+    return {**DOWNLOAD_DEFAULTS, **config["extra_train_sets"][dataset]["download"]}
+
+
 def resolve_model(config: dict[str, Any], name: str) -> dict[str, Any]:
     """The full settings of one model: its kind's defaults overlaid with its own keys.
 
@@ -83,9 +100,15 @@ def check_config(config: dict[str, Any]) -> None:
                     f"segment.hpacellseg.{key} must be set when segment.backend is hpacellseg "
                     "(local weight files from Zenodo record 4665863 and their `sha256sum`)"
                 )
-    for extra in config.get("extra_train_sets") or {}:
+    for extra, settings in (config.get("extra_train_sets") or {}).items():
         if extra in ("train", "test"):
             raise ConfigError(f"extra_train_sets.{extra}: the names train and test are taken")
+        if ("table" in settings) == ("download" in settings):
+            raise ConfigError(
+                f"extra_train_sets.{extra}: give either `table` (an ID,Label CSV of images already in `images`) "
+                "or `download` (fetch the images of a kaggle_2021.tsv-style list into `images`), "
+                + ("not both" if "table" in settings else "one of them")
+            )
     _check_models(config, sizes, crop_sizes)
 
 

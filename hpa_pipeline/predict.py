@@ -14,10 +14,11 @@ import torch
 from hpa_pipeline.errors import ConfigError, InputDataError
 from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.folds import read_labelled_images
-from hpa_pipeline.io.index import read_index
+from hpa_pipeline.io.index import index_keys, read_index
 from hpa_pipeline.io.predictions import (
     PredictionSet,
     concat_predictions,
+    image_name,
     read_predictions,
     select_images,
     write_predictions,
@@ -78,7 +79,7 @@ def predict_split(
     cells = read_cell_table(data.cells_paths).identity()
     if fold is not None:
         images = read_labelled_images(data.index_paths, data.folds_paths)
-        if images.ids != cells.ids:
+        if images.image_keys() != cells.image_keys():
             raise InputDataError("the cell tables do not list the training images in index order (rebuild them)")
         rows = np.flatnonzero(images.folds == fold)
     else:
@@ -98,35 +99,37 @@ def predict_split(
     log.info("%d images, %d cells -> %s", len(predictions.ids), predictions.n_cells, out_path)
 
 
-def concat_folds(parts: Sequence[PredictionSet], ids: Sequence[str], sources: Sequence[str] = ()) -> PredictionSet:
+def concat_folds(
+    parts: Sequence[PredictionSet], keys: Sequence[tuple[str, str]], sources: Sequence[str] = ()
+) -> PredictionSet:
     """Join the held-out predictions of every fold into one set in canonical image order.
 
     Args:
         parts: one prediction set per fold.
-        ids: the canonical order of all training images.
+        keys: (dataset, ID) of all training images, in canonical order.
         sources: names of the parts, for messages.
 
     Returns:
-        The out-of-fold predictions of ``ids``.
+        The out-of-fold predictions of ``keys``.
     """
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str], str] = {}
     for position, part in enumerate(parts):
         name = sources[position] if position < len(sources) else f"part {position}"
-        for image_id in part.ids:
-            if image_id in seen:
-                raise InputDataError(f"image {image_id} is predicted by two folds ({seen[image_id]} and {name})")
-            seen[image_id] = name
-    missing = [image_id for image_id in ids if image_id not in seen]
+        for key in part.cells.image_keys():
+            if key in seen:
+                raise InputDataError(f"image {image_name(key)} is predicted by two folds ({seen[key]} and {name})")
+            seen[key] = name
+    missing = [image_name(key) for key in keys if key not in seen]
     if missing:
         raise InputDataError(
             f"no fold predicts image(s) {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
         )
-    return select_images(concat_predictions(parts), ids, "out-of-fold predictions")
+    return select_images(concat_predictions(parts), keys, "out-of-fold predictions")
 
 
 def concat_fold_stores(part_paths: Sequence[Path], index_paths: Sequence[Path], out_path: Path, model: str) -> None:
     """Read the folds' ``valid.zarr`` stores and write ``oof.zarr`` in the order of the indexes."""
-    ids = [image_id for path in index_paths for image_id in read_index(path)["ID"]]
+    keys = [key for path in index_paths for key in index_keys(read_index(path))]
     parts = [read_predictions(path) for path in part_paths]
-    oof = concat_folds(parts, ids, [str(path) for path in part_paths])
+    oof = concat_folds(parts, keys, [str(path) for path in part_paths])
     write_predictions(out_path, oof, model=model, split="oof", n_folds=len(parts))

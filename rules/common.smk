@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 from hpa_pipeline.config import (
     check_config,
     check_input_paths,
+    download_settings,
     ensemble_stage,
     model_stage,
     resolve_model,
@@ -38,6 +39,8 @@ ENSEMBLES = config.get("ensembles") or {}
 SUBMISSION = config["submission"]
 TRUTH_DIR = config.get("truth_dir")
 N_FOLDS = config["folds"]["n_folds"]
+DUPLICATES = config.get("duplicates") or {}
+DUPLICATE_GROUPS = "results/duplicates/groups.csv"
 # GPU jobs read it when they claim a GPU; not a rule param, because it changes how jobs share a GPU,
 # not what they compute, so changing it reruns nothing.
 share_gpus(config.get("jobs_per_gpu", 1))
@@ -66,10 +69,64 @@ def image_dir(dataset):
     return f"{INPUT_DIR}/{dataset}"
 
 
+def downloads(dataset):
+    """True for an extra set whose images and table rule download_extra_set writes."""
+    return "download" in EXTRA_SETS.get(dataset, {})
+
+
+def download_table(dataset):
+    return f"results/{dataset}/download/labels.csv"
+
+
+def download_failures(dataset):
+    return f"results/{dataset}/download/failed.csv"
+
+
+def image_dir_input(wildcards):
+    """What a job that reads a dataset's original images depends on: the folder, or for a downloaded set
+    the download's table. A download's folder is not an output of the download, because Snakemake deletes
+    the outputs of a failed job, and the folder must keep what was fetched for the next try."""
+    if downloads(wildcards.dataset):
+        return download_table(wildcards.dataset)
+    return image_dir(wildcards.dataset)
+
+
+def download_tsv_input(dataset):
+    tsv = download_settings(config, dataset)["tsv"]
+    return [] if re.match(r"https?://", tsv) else tsv
+
+
+def download_options(dataset):
+    settings = download_settings(config, dataset)
+    options = f"--tsv {settings['tsv']} --base-url {settings['base_url']} --workers {settings['workers']} "
+    options += f"--retries {settings['retries']} --timeout {settings['timeout']} --format {settings['format']} "
+    options += f"--max-failed-fraction {settings['max_failed_fraction']}"
+    if settings["limit"]:
+        options += f" --limit {settings['limit']}"
+    return options
+
+
 def label_table(dataset):
+    if downloads(dataset):
+        return download_table(dataset)
     if dataset in EXTRA_SETS:
         return EXTRA_SETS[dataset]["table"]
     return f"{INPUT_DIR}/{'sample_submission.csv' if dataset == 'test' else 'train.csv'}"
+
+
+def datasets_before(dataset):
+    """The datasets an extra set's IDs are checked against: train, test and the extra sets before it."""
+    if dataset not in EXTRA_SETS:
+        return []
+    return ["train", "test", *TRAIN_DATASETS[1 : TRAIN_DATASETS.index(dataset)]]
+
+
+def earlier_train_datasets(dataset):
+    return TRAIN_DATASETS[: TRAIN_DATASETS.index(dataset)]
+
+
+def index_kind(dataset):
+    return "test" if dataset == "test" else "train"
 
 
 def n_shards(dataset):
@@ -122,13 +179,16 @@ def segment_settings(dataset):
 def segment_source_input(wildcards):
     source = segment_settings(wildcards.dataset)["source"]
     if source == "original":
-        return image_dir(wildcards.dataset)
+        return image_dir_input(wildcards)
     return images_store(wildcards.dataset, source, wildcards.shard)
 
 
 def segment_source_option(wildcards):
+    """The segment command's option naming what it reads, with the path."""
     source = segment_settings(wildcards.dataset)["source"]
-    return "--images-dir" if source == "original" else "--images-store"
+    if source == "original":
+        return f"--images-dir {image_dir(wildcards.dataset)}"
+    return f"--images-store {images_store(wildcards.dataset, source, wildcards.shard)}"
 
 
 def hpacellseg_options():
@@ -141,8 +201,17 @@ def hpacellseg_options():
     )
 
 
+def hashes_csv(dataset, shard):
+    return f"results/{dataset}/hashes/shard-{shard}.csv"
+
+
+def hash_options(wildcards, input):
+    """DATASET=CSV for every shard's hash table."""
+    return " ".join(f"{dataset}={hashes_csv(dataset, shard)}" for dataset in DATASETS for shard in shards(dataset))
+
+
 def preprocess_outputs():
-    outputs = []
+    outputs = [DUPLICATE_GROUPS] if DUPLICATES else []
     for dataset in DATASETS:
         for shard in shards(dataset):
             outputs.append(cells_store(dataset, shard))
@@ -266,7 +335,7 @@ def segmentation_plot(dataset):
 def submission_outputs():
     outputs = [SUBMISSION_CSV, SUBMISSION_CHECK]
     outputs += [training_plot(model) for model in MODELS]
-    outputs += [segmentation_plot(dataset) for dataset in ("train", "test")]
+    outputs += [segmentation_plot(dataset) for dataset in DATASETS]
     if TRUTH_DIR:
         outputs += [METRICS_JSON, METRICS_TSV, METRICS_PLOT]
     return outputs

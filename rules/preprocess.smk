@@ -4,10 +4,11 @@
 rule resize_image:
     input:
         index=lambda wildcards: index_csv(wildcards.dataset),
-        images=lambda wildcards: image_dir(wildcards.dataset),
+        images=image_dir_input,
     output:
         directory([images_store("{dataset}", size, "{shard}") for size in IMAGE_SIZES]),
     params:
+        images=lambda wildcards: image_dir(wildcards.dataset),
         sizes=" ".join(str(size) for size in IMAGE_SIZES),
     threads: 2
     log:
@@ -17,7 +18,7 @@ rule resize_image:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "hpa-pipeline resize --index {input.index} --images {input.images} --shard {wildcards.shard} "
+        "hpa-pipeline resize --index {input.index} --images {params.images} --shard {wildcards.shard} "
         "--sizes {params.sizes} --out {output} --threads {threads} > {log} 2>&1"
 
 
@@ -44,7 +45,7 @@ rule segment:
         SEGMENT_ENV
     shell:
         "hpa-pipeline segment --index {input.index} --shard {wildcards.shard} "
-        "{params.source_option} {input.source} --scale-factor {params.scale_factor} "
+        "{params.source_option} --scale-factor {params.scale_factor} "
         "--backend {params.backend} --device {params.device} {params.weights} "
         "--threads {threads} --out {output} > {log} 2>&1"
 
@@ -65,7 +66,7 @@ rule resize_masks:
         "../envs/pipeline.yaml"
     shell:
         "hpa-pipeline resize-masks --masks {input.masks} --sizes {params.sizes} "
-        "--out-masks {output.masks} --out-cells {output.cells} > {log} 2>&1"
+        "--out-masks {output.masks} --out-cells {output.cells} --dataset {wildcards.dataset} > {log} 2>&1"
 
 
 rule crop_cells:

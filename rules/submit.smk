@@ -47,7 +47,7 @@ rule evaluate:
         oof=[oof_store(model) for model in MODELS],
         ensembles=[ensemble_store(name) for name in ENSEMBLES],
         submission=SUBMISSION_CSV,
-        masks=all_shards(masks_store, TRAIN_DATASETS),
+        masks=all_shards(masks_store, ["train"]),  # the truth covers the Kaggle train set
         test_masks=all_shards(masks_store, ["test"]),
         truth=TRUTH_DIR or [],
     output:

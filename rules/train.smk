@@ -4,11 +4,19 @@
 rule make_folds:
     input:
         index=lambda wildcards: index_csv(wildcards.dataset),
+        duplicates=DUPLICATE_GROUPS if DUPLICATES else [],
+        # a duplicate group that spans datasets keeps the fold an earlier dataset gave it
+        earlier=lambda wildcards: [folds_csv(dataset) for dataset in earlier_train_datasets(wildcards.dataset)],
     output:
         folds_csv("{dataset}"),
     params:
         n_folds=N_FOLDS,
         seed=config["seed"],
+        duplicates=lambda wildcards, input: f"--duplicates {input.duplicates}" if DUPLICATES else "",
+        earlier=lambda wildcards: " ".join(
+            f"{dataset}={folds_csv(dataset)}" for dataset in earlier_train_datasets(wildcards.dataset)
+        ),
+        drop=" --drop-test-duplicates" if DUPLICATES.get("drop_test_duplicates") else "",
     log:
         "logs/make_folds/{dataset}.log",
     benchmark:
@@ -17,7 +25,7 @@ rule make_folds:
         "../envs/pipeline.yaml"
     shell:
         "hpa-pipeline folds --index {input.index} --n-folds {params.n_folds} --seed {params.seed} "
-        "--out {output} > {log} 2>&1"
+        "{params.duplicates} --earlier-folds {params.earlier}{params.drop} --out {output} > {log} 2>&1"
 
 
 rule train_model:

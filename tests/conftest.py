@@ -120,6 +120,7 @@ def demo_stores(tmp_path_factory) -> dict:
                 [96],
                 [base / f"masks_96/shard-{shard}.zarr"],
                 base / f"cells/shard-{shard}.zarr",
+                dataset,
             )
             crop_shard(
                 base / f"images_96/shard-{shard}.zarr",

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from workflow_helpers import copy_workflow, snakemake
+from workflow_helpers import copy_workflow, small_config, snakemake
 
 from hpa_pipeline.data.synth import write_demo_dataset
 from hpa_pipeline.io.stores import open_store
@@ -30,22 +30,7 @@ def workflow(tmp_path: Path, clean_dataset: Path) -> tuple[Path, Path]:
     workdir = copy_workflow(tmp_path / "work")
     data = tmp_path / "data"
     shutil.copytree(clean_dataset, data)
-    config = yaml.safe_load((workdir / "configs/demo.yaml").read_text())
-    config.pop("demo_data")
-    config["input_dir"] = str(data)
-    config["truth_dir"] = None
-    config["shards"] = {"train": 1, "test": 1}
-    config["preprocess"].update(image_sizes=[96], crop_image_sizes=[96], crop_size=24)
-    config["segment"]["inputs"] = {
-        "train": {"source": 96, "scale_factor": 0.125},
-        "test": {"source": "original", "scale_factor": 0.125},
-    }
-    for model in config["models"].values():
-        model["image_size"] = 96
-        if "crop_size" in model:
-            model["crop_size"] = 64
-    config["model_defaults"]["image"]["crop_size"] = 64
-    (workdir / "configs/bad.yaml").write_text(yaml.safe_dump(config))
+    small_config(workdir, data, "bad.yaml")
     return workdir, data
 
 
@@ -134,3 +119,20 @@ def test_sixteen_bit_images_give_the_same_stores_as_eight_bit(tmp_path, clean_da
         assert np.array_equal(left, right), store
     depth = open_store(sixteen / "results/train/images_96/shard-0.zarr", "images")["source_bit_depth"][...]
     assert depth.tolist() == [16] * len(depth)
+
+
+def test_an_extra_set_reusing_train_ids_is_refused_before_preprocessing(tmp_path, clean_dataset):
+    workdir, data = workflow(tmp_path, clean_dataset)
+    shutil.copytree(data / "train", data / "public")
+    shutil.copy(data / "train.csv", data / "public.csv")
+    config = yaml.safe_load((workdir / "configs/bad.yaml").read_text())
+    config["extra_train_sets"] = {
+        "pubhpa": {"images": str(data / "public"), "table": str(data / "public.csv"), "shards": 1}
+    }
+    (workdir / "configs/bad.yaml").write_text(yaml.safe_dump(config))
+    result = preprocess(workdir)
+    assert result.returncode != 0
+    text = failure_text(workdir, result)
+    assert f"{data / 'public.csv'} lists image ID(s) " in text and "that dataset train" in text
+    assert first_id(data) in text
+    assert_no_partial_output(workdir, ["results/pubhpa/index.csv", "results/pubhpa/images_96"])

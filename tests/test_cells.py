@@ -19,7 +19,7 @@ def _table(ids, counts, start=1, geometry=True):
             area=np.arange(n, dtype=np.int64) * 10,
             touches_edge=np.arange(n) % 2 == 0,
         )
-    return CellTable(list(ids), offsets, instance, **extra)
+    return CellTable(list(ids), offsets, instance, **extra, datasets=["train"] * len(ids))
 
 
 def test_subset_keeps_cells_with_their_images_and_geometry():
@@ -73,3 +73,26 @@ def test_cell_index_and_labelled_images_agree(demo_stores):
     subset = cells.subset(np.array([3, 1]))
     assert subset.ids == [cells.ids[3], cells.ids[1]]
     assert np.array_equal(subset.instances_of(0), cells.instances_of(3))
+
+
+def test_a_store_knows_its_dataset_and_one_without_asks_for_a_rebuild(demo_stores, tmp_path):
+    import shutil
+
+    import zarr
+
+    from hpa_pipeline.errors import InputDataError
+
+    path = store_paths(demo_stores, "train", "cells")[0]
+    table = read_cell_table(path)
+    assert set(table.datasets) == {"train"} and table.image_keys()[0] == ("train", table.ids[0])
+    old = tmp_path / "old.zarr"
+    shutil.copytree(path, old)
+    group = zarr.open_group(old, mode="r+")
+    del group.attrs["dataset"]
+    with pytest.raises(InputDataError, match=r"old\.zarr was written by hpa-pipeline < 0\.3.*rerun resize_masks"):
+        read_cell_table(old)
+
+
+def test_tables_need_one_dataset_per_image():
+    with pytest.raises(ValueError, match="1 dataset names for 2 images"):
+        CellTable(["a", "b"], np.array([0, 1, 2]), np.array([1, 1], np.int32), datasets=["train"])

@@ -43,7 +43,7 @@ def test_a_subcommand_runs_end_to_end(tiny_dataset, tmp_path):
     out = tmp_path / "index.csv"
     assert main(["index", "--images", str(tiny_dataset / "train"), "--table", str(tiny_dataset / "train.csv"),
                  "--kind", "train", "--shards", "2", "--out", str(out)]) == 0  # fmt: skip
-    assert out.read_text().splitlines()[0] == "ID,shard,Label"
+    assert out.read_text().splitlines()[0] == "ID,shard,Label,dataset"
     folds = tmp_path / "folds.csv"
     assert main(["folds", "--index", str(out), "--n-folds", "2", "--seed", "0", "--out", str(folds)]) == 0
     assert len(folds.read_text().splitlines()) == 6

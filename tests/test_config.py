@@ -6,6 +6,7 @@ from workflow_helpers import REPO
 
 from hpa_pipeline.config import (
     check_config,
+    download_settings,
     resolve_model,
     settings_json,
     train_datasets,
@@ -75,6 +76,8 @@ def edit(config: dict, path: str, value) -> dict:
         ("ensembles.stage1", ["cam_effnet_192", "nobody"], "ensembles.stage1: unknown model 'nobody'"),
         ("submission.members", ["cam_effnet_stage3", "stage2"], "submission.members: unknown model 'stage2'"),
         ("extra_train_sets", {"test": {"images": "x", "table": "y", "shards": 1}}, "names train and test are taken"),
+        ("extra_train_sets.pubhpa.table", "p.csv", "extra_train_sets.pubhpa: give either `table`.*not both"),
+        ("extra_train_sets", {"more": {"images": "x", "shards": 1}}, "extra_train_sets.more: give either.*one of them"),
     ],
 )
 def test_config_mistakes_name_the_key(demo_config, path, value, message):
@@ -94,3 +97,9 @@ def test_train_datasets_include_the_extra_sets_in_order(demo_config):
         "more": {"images": "c", "table": "d", "shards": 1},
     }
     assert train_datasets(demo_config) == ["train", "public_hpa", "more"]
+
+
+def test_download_settings_fill_in_the_defaults(demo_config):
+    settings = download_settings(demo_config, "pubhpa")
+    assert settings["tsv"] == "resources/demo_data/public_hpa/kaggle_2021.tsv" and settings["workers"] == 2
+    assert settings["format"] == "tif" and settings["limit"] is None

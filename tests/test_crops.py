@@ -93,7 +93,7 @@ def make_shard(tmp_path: Path, n_images: int, size: int = 64, max_cells: int = 6
     paths = {name: tmp_path / f"{name}.zarr" for name in ("images", "masks", "resized", "cells", "crops")}
     resize_shard(root, ids, [size], [paths["images"]])
     write_masks_store(paths["masks"], ids, labels, [(size, size)] * n_images)
-    resize_masks_shard(paths["masks"], [size], [paths["resized"]], paths["cells"])
+    resize_masks_shard(paths["masks"], [size], [paths["resized"]], paths["cells"], "train")
     return paths
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from hpa_pipeline.data.index import build_index
+from hpa_pipeline.data.index import build_index, check_disjoint
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.index import read_index, shard_ids, write_index
 
@@ -35,3 +35,24 @@ def test_missing_image_folder_is_named(tmp_path):
     (tmp_path / "train.csv").write_text("ID,Label\na,1\n")
     with pytest.raises(InputDataError, match="missing image folder .*nowhere"):
         build_index(tmp_path / "nowhere", tmp_path / "train.csv", "train", n_shards=1)
+
+
+def test_index_names_its_dataset(tiny_dataset):
+    index = build_index(tiny_dataset / "train", tiny_dataset / "train.csv", "train", 1, dataset="pubhpa")
+    assert set(index["dataset"]) == {"pubhpa"}
+    assert set(build_index(tiny_dataset / "train", tiny_dataset / "train.csv", "train", 1)["dataset"]) == {"train"}
+
+
+def test_an_extra_set_reusing_an_id_of_another_dataset_is_refused(tiny_dataset, tmp_path):
+    train = build_index(tiny_dataset / "train", tiny_dataset / "train.csv", "train", 1)
+    write_index(tmp_path / "train.csv", train)
+    extra = train.iloc[[1, 3]].assign(dataset="pubhpa")
+    with pytest.raises(InputDataError, match=r"extra\.csv lists image ID\(s\) img1, img3 that dataset train"):
+        check_disjoint(extra, tmp_path / "extra.csv", [tmp_path / "train.csv"])
+    check_disjoint(extra.assign(ID=["x", "y"]), tmp_path / "extra.csv", [tmp_path / "train.csv"])
+
+
+def test_an_index_without_dataset_column_asks_for_a_rebuild(tmp_path):
+    (tmp_path / "index.csv").write_text("ID,shard,Label\na,0,1\n")
+    with pytest.raises(InputDataError, match="no dataset column.*rerun index_images"):
+        read_index(tmp_path / "index.csv")

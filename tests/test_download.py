@@ -386,3 +386,31 @@ def test_cli_downloads_end_to_end(server, tmp_path):
     assert read_train_table(out / "train.csv")["ID"].tolist() == IDS[:3]
     assert pd.read_csv(out / "failed.csv").empty
     assert len(list((out / "images").glob("*.tif"))) == 12
+
+
+def test_a_local_mirror_folder_serves_as_base_url_and_a_missing_file_fails_at_once(tmp_path):
+    rng = np.random.default_rng(5)
+    for stem in STEMS[:2]:
+        for channel in CHANNELS:
+            path = tmp_path / "mirror" / f"{stem.lstrip('/')}_{channel}.tif.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(tif_gz(rng.integers(0, 65535, (16, 16), dtype=np.uint16)))
+    (tmp_path / "mirror" / f"{STEMS[1].lstrip('/')}_blue.tif.gz").unlink()
+    table = read_public_table(public_table(tmp_path / "t.tsv")).head(2)
+    result = download_images(table, str(tmp_path / "mirror"), tmp_path / "images", **FAST)
+    assert result.done == IDS[:1]
+    assert "HTTP 404" in result.failed[IDS[1]] and "_blue.tif.gz" in result.failed[IDS[1]]
+    with pytest.raises(InputDataError, match="neither an http"):
+        download_images(table, str(tmp_path / "nowhere"), tmp_path / "images", **FAST)
+
+
+def test_the_demo_generators_mirror_downloads_completely(tmp_path):
+    from hpa_pipeline.data.synth import write_demo_dataset
+
+    write_demo_dataset(tmp_path / "demo", n_train=1, n_test=1, image_size=64, n_public=3, progress=False)
+    table = read_public_table(tmp_path / "demo/public_hpa/kaggle_2021.tsv")
+    assert len(table) == 3 and all(image_id.count("_") == 3 for image_id in table["ID"])
+    result = download_images(table, str(tmp_path / "demo/public_hpa/server"), tmp_path / "images", **FAST)
+    assert result.done == table["ID"].tolist() and not result.failed
+    image, bits = read_rgby_with_bit_depth(tmp_path / "images", result.done[0])
+    assert bits == 16

@@ -18,15 +18,14 @@ from hpa_pipeline.data.duplicates import (
     find_duplicate_groups,
     hash_images_store,
     image_hash,
-    read_duplicate_groups,
     read_hash_table,
     summarize_groups,
-    write_duplicate_groups,
     write_hash_table,
 )
 from hpa_pipeline.data.synth import render_field
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import read_rgby_planes, to_uint8
+from hpa_pipeline.io.duplicates import read_duplicate_groups
 from hpa_pipeline.preprocess.resize import resize_image, resize_shard
 
 #: Bounds with a margin: planted copies (resized, re-encoded, 16-bit) measured at most 2 bits from the
@@ -291,33 +290,6 @@ def test_missing_hash_table_is_named(tmp_path):
         read_hash_table(tmp_path / "h.csv")
 
 
-def test_groups_table_round_trips(tmp_path):
-    groups = find_duplicate_groups({"train": table(["a", "b", "c"], [5, 7, 2**40]), "test": table(["a"], [4])}, 2)
-    write_duplicate_groups(tmp_path / "g.csv", groups)
-    assert (tmp_path / "g.csv").read_text().splitlines()[:2] == ["group,dataset,ID,distance", "0,train,a,1"]
-    pd.testing.assert_frame_equal(read_duplicate_groups(tmp_path / "g.csv"), groups, check_dtype=False)
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("group,dataset,ID\n0,train,a\nx,test,b\n", "g.csv, line 3: group 'x' is not a number"),
-        ("group,dataset,ID,distance\n0,train,a,-1\n", "g.csv, line 2: distance '-1' is not a number"),
-        ("group,dataset,ID\n0,,a\n", "g.csv, line 2: empty dataset or ID"),
-        ("group,ID\n0,a\n", r"g.csv: not a duplicate groups table \(missing column\(s\) dataset\)"),
-    ],
-)
-def test_malformed_groups_table_names_the_file_and_line(tmp_path, text, message):
-    (tmp_path / "g.csv").write_text(text)
-    with pytest.raises(InputDataError, match=message):
-        read_duplicate_groups(tmp_path / "g.csv")
-
-
-def test_groups_table_without_distances_is_accepted(tmp_path):
-    (tmp_path / "g.csv").write_text("group,dataset,ID\n0,train,a\n0,test,b\n")
-    assert duplicates_of_test(read_duplicate_groups(tmp_path / "g.csv")) == {("train", "a")}
-
-
 # --------------------------------------------------------------------------------------------- CLI
 
 
@@ -360,11 +332,14 @@ def test_cli_hashes_stores_and_groups_planted_duplicates(tmp_path, caplog):
     assert "2 training images duplicate test images" in caplog.text
 
 
-def test_cli_rejects_a_dataset_named_twice_or_without_a_file(tmp_path, caplog, capsys):
+def test_cli_joins_a_datasets_shards_and_rejects_an_image_twice_or_no_file(tmp_path, caplog, capsys):
     write_hash_table(tmp_path / "h.csv", table(["a"], [1]))
+    write_hash_table(tmp_path / "h2.csv", table(["b"], [3]))
     arguments = ["duplicate-groups", "--max-distance", "4", "--out", str(tmp_path / "g.csv"), "--hashes"]
+    assert cli.main([*arguments, f"train={tmp_path / 'h.csv'}", f"train={tmp_path / 'h2.csv'}"]) == 0
+    assert read_duplicate_groups(tmp_path / "g.csv")["ID"].tolist() == ["a", "b"]  # 1 bit apart
     assert cli.main([*arguments, f"train={tmp_path / 'h.csv'}", f"train={tmp_path / 'h.csv'}"]) == 1
-    assert "--hashes names dataset(s) train more than once" in caplog.text
+    assert "ID a appears more than once" in caplog.text
     with pytest.raises(SystemExit):
         cli.main([*arguments, str(tmp_path / "h.csv")])
     assert "expected DATASET=CSV" in capsys.readouterr().err

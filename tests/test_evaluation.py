@@ -61,7 +61,7 @@ def oracle_predictions(masks_paths: list[Path], truth_dir: Path, reverse_cells: 
             ids.append(image_id)
             offsets.append(len(instance))
     probs_array = np.asarray(probs, np.float32).reshape(-1, N_CLASSES, 1)
-    cells = CellTable(ids, np.asarray(offsets, np.int64), np.asarray(instance, np.int32))
+    cells = CellTable(ids, np.asarray(offsets, np.int64), np.asarray(instance, np.int32), datasets=["train"] * len(ids))
     return PredictionSet(cells, probs_array, np.zeros((len(ids), N_CLASSES, 1), np.float32))
 
 

@@ -64,6 +64,19 @@ def test_written_config_is_valid_complete_and_commented(tiny_dataset, tmp_path, 
     assert config["submission"]["members"] == shipped["submission"]["members"]
 
 
+def test_the_public_set_is_trained_on_when_the_folder_holds_its_list(tiny_dataset, tmp_path):
+    without = write(tiny_dataset, tmp_path / "without.yaml", "full")
+    assert without["extra_train_sets"] == {}
+    assert "# To add them, put kaggle_2021.tsv into" in (tmp_path / "without.yaml").read_text()
+    (tiny_dataset / "kaggle_2021.tsv").write_text("Image,Label_idx,in_trainset\n")
+    config = write(tiny_dataset, tmp_path / "with.yaml", "full")
+    validate_config(config, REPO)
+    public = config["extra_train_sets"]["pubhpa"]
+    assert public["download"]["tsv"] == str(tiny_dataset.resolve() / "kaggle_2021.tsv")
+    assert public["images"] == str(tiny_dataset.resolve() / "pubhpa")
+    assert write(tiny_dataset, tmp_path / "demo.yaml", "demo")["extra_train_sets"] == {}  # the demo's is synthetic
+
+
 def test_truth_dir_is_written_only_when_the_folder_has_per_cell_truth(tiny_dataset, tmp_path):
     (tiny_dataset / "truth").mkdir()
     assert "truth_dir" not in write(tiny_dataset, tmp_path / "without.yaml")

@@ -33,3 +33,13 @@ def test_folds_of_other_images_are_refused(demo_stores, tmp_path):
     (tmp_path / "folds.csv").write_text("\n".join([folds[0], *reversed(folds[1:])]) + "\n")
     with pytest.raises(InputDataError, match="does not list the images"):
         read_labelled_images([root / "train/index.csv"], [tmp_path / "folds.csv"])
+
+
+def test_trainable_flags_round_trip_and_default_to_true(tmp_path):
+    write_folds(tmp_path / "f.csv", ["a", "b"], np.array([0, 1]), np.array([True, False]))
+    assert read_folds(tmp_path / "f.csv")["trainable"].tolist() == [True, False]
+    (tmp_path / "old.csv").write_text("ID,fold\na,0\n")
+    assert read_folds(tmp_path / "old.csv")["trainable"].tolist() == [True]
+    (tmp_path / "bad.csv").write_text("ID,fold,trainable\na,0,1\nb,1,yes\n")
+    with pytest.raises(InputDataError, match=r"bad\.csv row 3: trainable 'yes'"):
+        read_folds(tmp_path / "bad.csv")

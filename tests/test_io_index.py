@@ -6,7 +6,7 @@ from hpa_pipeline.io.index import read_index, shard_ids, write_index
 
 
 def test_round_trip_keeps_ids_as_text_and_empty_labels(tmp_path):
-    index = pd.DataFrame({"ID": ["0012", "a_b"], "shard": [0, 1], "Label": ["", "3|18"]})
+    index = pd.DataFrame({"ID": ["0012", "a_b"], "shard": [0, 1], "Label": ["", "3|18"], "dataset": "train"})
     write_index(tmp_path / "index.csv", index)
     again = read_index(tmp_path / "index.csv")
     assert again["ID"].tolist() == ["0012", "a_b"]

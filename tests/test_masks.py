@@ -67,7 +67,7 @@ def test_resize_masks_writes_masks_and_cell_table(tmp_path):
     empty = np.zeros((64, 64), np.uint16)
     write_masks_store(tmp_path / "m.zarr", ["many", "empty"], [many, empty], [(120, 90), (64, 64)])
     outs = [tmp_path / "m60.zarr", tmp_path / "m30.zarr"]
-    resize_masks_shard(tmp_path / "m.zarr", [60, 30], outs, tmp_path / "cells.zarr")
+    resize_masks_shard(tmp_path / "m.zarr", [60, 30], outs, tmp_path / "cells.zarr", "train")
     table = read_cell_table(tmp_path / "cells.zarr")
     assert table.ids == ["many", "empty"]
     assert table.offsets.tolist() == [0, 300, 300]
@@ -93,7 +93,7 @@ def test_real_mask_round_trip(tmp_path):
     path = sorted(REAL_MASKS.glob("*.png"))[0]
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(np.uint16)
     write_masks_store(tmp_path / "m.zarr", ["real"], [mask], [mask.shape])
-    resize_masks_shard(tmp_path / "m.zarr", [768], [tmp_path / "m768.zarr"], tmp_path / "cells.zarr")
+    resize_masks_shard(tmp_path / "m.zarr", [768], [tmp_path / "m768.zarr"], tmp_path / "cells.zarr", "train")
     table = read_cell_table(tmp_path / "cells.zarr")
     counts = np.bincount(mask.ravel())
     assert table.instance.tolist() == np.flatnonzero(counts[1:]).__add__(1).tolist()

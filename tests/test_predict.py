@@ -102,5 +102,5 @@ def test_concat_reports_missing_and_twice_predicted_images(trained, demo_stores,
 def test_concat_folds_gives_canonical_order():
     fold0 = prediction_set({"b": [1], "d": []})
     fold1 = prediction_set({"a": [4, 5], "c": [2]})
-    oof = concat_folds([fold0, fold1], ["a", "b", "c", "d"])
+    oof = concat_folds([fold0, fold1], [("train", image_id) for image_id in "abcd"])
     assert oof.ids == ["a", "b", "c", "d"] and oof.instance.tolist() == [4, 5, 1, 2]

@@ -22,6 +22,7 @@ def prediction_set(cells: dict[str, list[int]], value: float = 0.0, views: int =
         ids,
         np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         np.array([k for image_id in ids for k in cells[image_id]], np.int32),
+        datasets=["train"] * len(ids),
     )
     return PredictionSet(table, probs, np.full((len(ids), 19, views), value, np.float32))
 
@@ -36,7 +37,7 @@ def test_store_round_trip(tmp_path):
 
 def test_select_reorders_cells_with_their_images():
     predictions = prediction_set({"a": [1, 2], "b": [], "c": [7]})
-    selected = select_images(predictions, ["c", "a", "b"])
+    selected = select_images(predictions, [("train", "c"), ("train", "a"), ("train", "b")])
     assert selected.ids == ["c", "a", "b"]
     assert selected.instance.tolist() == [7, 1, 2]
     assert selected.offsets.tolist() == [0, 1, 3, 3]
@@ -59,3 +60,9 @@ def test_average_is_equal_weight_over_members_after_averaging_views():
     mean = average_predictions([a, b], ["a", "b"])
     assert mean.probs.shape == (2, 19, 1)
     assert np.allclose(mean.probs[:, :, 0], (a.probs.mean(axis=2) + b.probs.mean(axis=2)) / 2)
+
+
+def test_images_are_joined_by_dataset_and_id():
+    predictions = prediction_set({"a": [1], "b": [2]})
+    with pytest.raises(InputDataError, match="lacks image\\(s\\) pubhpa/a"):
+        select_images(predictions, [("pubhpa", "a")])

@@ -47,7 +47,7 @@ def make_test_set(tmp_path: Path, fields: dict[str, tuple[np.ndarray, np.ndarray
     write_masks_store(
         paths["masks"], ids, [mask for _, mask in fields.values()], [mask.shape for _, mask in fields.values()]
     )
-    resize_masks_shard(paths["masks"], [128], [paths["resized"]], paths["cells"])
+    resize_masks_shard(paths["masks"], [128], [paths["resized"]], paths["cells"], "test")
     crop_shard(paths["images"], paths["resized"], paths["cells"], 16, paths["crops"])
     return paths
 

@@ -74,6 +74,42 @@ def test_demo_preprocess_builds_every_store(demo_run):
     assert "without any cell" in (demo_run / "logs/segment/test-0.log").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.demo  # the one end-to-end run of `make test`
+def test_every_stage_saw_the_downloaded_extra_set_and_its_duplicates(demo_run):
+    from hpa_pipeline.io.duplicates import read_duplicate_groups
+    from hpa_pipeline.io.folds import read_folds
+    from hpa_pipeline.io.predictions import read_predictions
+
+    labels = (demo_run / "results/pubhpa/download/labels.csv").read_text().splitlines()
+    public_ids = [line.split(",")[0] for line in labels[1:]]
+    assert len(public_ids) == 8 and all(image_id.count("_") == 3 for image_id in public_ids)
+    assert (demo_run / "results/pubhpa/download/failed.csv").read_text().splitlines() == ["ID,reason"]
+    assert len((demo_run / "resources/demo_data/pubhpa/manifest.csv").read_text().splitlines()) == 1 + 8
+    cells = read_cell_table(demo_run / "results/pubhpa/cells/shard-0.zarr")
+    assert cells.ids == public_ids and set(cells.datasets) == {"pubhpa"} and cells.n_cells > 0
+    for store in ("images_192", "images_384", "masks_192", "masks_384", "crops_192", "crops_384"):
+        assert (demo_run / f"results/pubhpa/{store}/shard-0.zarr").is_dir()
+    # the demo's public mirror holds a copy of a train image and of a test image
+    groups = read_duplicate_groups(demo_run / "results/duplicates/groups.csv")
+    members = [sorted(group["dataset"]) for _, group in groups.groupby("group")]
+    assert sorted(members) == [["pubhpa", "test"], ["pubhpa", "train"]]
+    folds = {name: read_folds(demo_run / f"results/folds/{name}.csv") for name in ("train", "pubhpa")}
+    fold_of = {(name, i): f for name, table in folds.items() for i, f in zip(table["ID"], table["fold"])}
+    shared = groups[groups["group"].isin(groups.loc[groups["dataset"] == "train", "group"])]
+    assert len({fold_of[key] for key in zip(shared["dataset"], shared["ID"])}) == 1
+    for model in ("cam_effnet_192", "cell_resnet_192_stage2", "cam_effnet_stage3"):
+        oof = read_predictions(demo_run / f"results/models/{model}/oof.zarr")
+        assert [key for key in oof.cells.image_keys() if key[0] == "pubhpa"] == [("pubhpa", i) for i in public_ids]
+    for name in ("stage1", "stage2"):
+        pseudo = read_predictions(demo_run / f"results/ensembles/{name}/oof.zarr")
+        assert {key[0] for key in pseudo.cells.image_keys()} == {"train", "pubhpa"}
+    log = (demo_run / "logs/train_model/cam_effnet_stage3-fold0.log").read_text()
+    trained = re.search(r"fold 0: training on \d+ \(train (\d+), pubhpa (\d+)\) images", log)
+    assert trained and int(trained.group(2)) == sum(folds["pubhpa"]["fold"] != 0)
+    assert (demo_run / "results/report/segmentation/pubhpa.png").is_file()
+
+
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     """Rule -> number of jobs a dry run of ``submission`` would run."""
     result = snakemake(workdir, "submission", "--configfile", "configs/demo.yaml", "--cores", "2", "-n", *args)
@@ -225,6 +261,9 @@ def write_config(workdir: Path, **changes) -> None:
         ({"preprocess.unknown_key": 1}, "unknown_key"),
         ({"ensembles.stage1": ["cam_effnet_192", "ghost"]}, "ensembles.stage1: unknown model 'ghost'"),
         ({"models.cam_effnet_192.epochs": "many"}, "'many' is not of type 'integer'"),
+        ({"extra_train_sets.pubhpa.table": "pubhpa.csv"}, "extra_train_sets.pubhpa: give either `table`"),
+        ({"extra_train_sets.pubhpa.download.workers": 0}, "0 is less than the minimum of 1"),
+        ({"duplicates.max_distance": 40}, "40 is greater than the maximum of 32"),
     ],
 )
 def test_bad_config_is_reported_before_anything_runs(tmp_path, changes, message):

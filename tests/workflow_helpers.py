@@ -46,11 +46,12 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 18
     return result
 
 
-def small_config(workdir: Path, data: Path) -> str:
-    """The demo config on ``data`` at 96 px (as tests/test_bad_input.py), written to configs/small.yaml."""
+def small_config(workdir: Path, data: Path, name: str = "small.yaml") -> str:
+    """The demo's models on ``data`` at 96 px, without the demo's synthetic public set, written to
+    ``configs/{name}``; returns that path relative to ``workdir``."""
     config = yaml.safe_load((workdir / "configs/demo.yaml").read_text())
-    config.pop("demo_data")
-    config.pop("truth_dir")
+    for key in ("demo_data", "truth_dir", "extra_train_sets", "duplicates"):
+        config.pop(key)
     config["input_dir"] = str(data)
     config["shards"] = {"train": 1, "test": 1}
     config["preprocess"].update(image_sizes=[96], crop_image_sizes=[96], crop_size=24)
@@ -62,5 +63,5 @@ def small_config(workdir: Path, data: Path) -> str:
         model["image_size"] = 96
         model.pop("crop_size", None)
     config["model_defaults"]["image"]["crop_size"] = 64
-    (workdir / "configs/small.yaml").write_text(yaml.safe_dump(config))
-    return "configs/small.yaml"
+    (workdir / "configs" / name).write_text(yaml.safe_dump(config))
+    return f"configs/{name}"

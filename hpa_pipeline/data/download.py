@@ -11,6 +11,7 @@ manifest as it completes and a rerun fetches only what is missing.
 
 from __future__ import annotations
 
+import email.message
 import gzip
 import http.client
 import io
@@ -221,6 +222,12 @@ def download_images(
         len(todo),
         base_url,
     )
+    if "://" not in base_url:
+        # a local mirror of the server's layout (the demo's, or a copy fetched elsewhere)
+        mirror = Path(base_url)
+        if not mirror.is_dir():
+            raise InputDataError(f"base URL {base_url} is neither an http(s) URL nor an existing folder")
+        base_url = mirror.resolve().as_uri()
     client = _Client(base_url.rstrip("/"), retries, timeout, backoff, workers)
     failed: dict[str, str] = {}
     downloaded = 0
@@ -407,6 +414,13 @@ class _Client:
         self._stopped = True
 
     def _get(self, url: str) -> bytes:
+        if url.startswith("file:"):
+            path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
+            if not path.is_file():  # what a server answers with 404: retrying cannot help
+                raise urllib.error.HTTPError(url, 404, "no such file", email.message.Message(), None)
+            data = path.read_bytes()
+            self._note(answered=True, reason="")
+            return data
         request = urllib.request.Request(url, headers={"User-Agent": f"hpa-pipeline/{__version__}"})
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
             data = response.read()

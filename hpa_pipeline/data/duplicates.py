@@ -40,7 +40,6 @@ DEFAULT_MAX_DISTANCE = 6
 #: Side the composite is reduced to before ``imagehash.phash`` (which reduces it to 32x32).
 _HASHED_SIDE = 128
 HASH_COLUMNS = ("ID", "hash")
-GROUP_COLUMNS = ("group", "dataset", "ID", "distance")
 #: Rows x columns of one tile of the pairwise comparison: 2.6 MB of work arrays, which stay in the CPU's
 #: cache (2.5x faster than 2048 x 4096 tiles, benchmarks/bench_duplicates.py).
 _BLOCK_ROWS, _BLOCK_COLUMNS = 256, 1024
@@ -237,40 +236,6 @@ def find_duplicate_groups(hashes: Mapping[str, pd.DataFrame], max_distance: int 
             "distance": nearest[nodes].astype(np.int64),
         }
     )
-
-
-def write_duplicate_groups(path: str | Path, groups: pd.DataFrame) -> None:
-    """Write the groups of :func:`find_duplicate_groups` as CSV atomically."""
-    with atomic_file(path, "w", newline="") as handle:
-        groups.loc[:, list(GROUP_COLUMNS)].to_csv(handle, index=False)
-
-
-def read_duplicate_groups(path: str | Path) -> pd.DataFrame:
-    """Read a groups CSV (``group,dataset,ID``; ``distance`` optional).
-
-    Raises:
-        InputDataError: the file is missing, lacks a column, or has a bad group number or an empty
-            dataset or ID (the message names the file and line).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputDataError(f"missing duplicate groups table {path} (run duplicate-groups first)")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    required = GROUP_COLUMNS[:3]
-    missing = [column for column in required if column not in table.columns]
-    if missing:
-        raise InputDataError(f"{path}: not a duplicate groups table (missing column(s) {', '.join(missing)})")
-    numbers = [column for column in ("group", "distance") if column in table.columns]
-    for line, row in enumerate(table.itertuples(index=False), start=2):
-        row = row._asdict()
-        for column in numbers:
-            if not row[column].isdigit():
-                raise InputDataError(f"{path}, line {line}: {column} {row[column]!r} is not a number >= 0")
-        if not row["dataset"] or not row["ID"]:
-            raise InputDataError(f"{path}, line {line}: empty dataset or ID")
-    for column in numbers:
-        table[column] = table[column].astype(np.int64)
-    return table
 
 
 def duplicates_of_test(groups: pd.DataFrame, test_dataset: str = "test") -> set[tuple[str, str]]:

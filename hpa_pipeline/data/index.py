@@ -7,16 +7,20 @@ work, with the full list of what is missing.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import CHANNELS, IMAGE_SUFFIXES
+from hpa_pipeline.io.index import read_index
 from hpa_pipeline.labels import read_test_table, read_train_table
 
 
-def build_index(image_dir: str | Path, table_path: str | Path, kind: str, n_shards: int) -> pd.DataFrame:
+def build_index(
+    image_dir: str | Path, table_path: str | Path, kind: str, n_shards: int, dataset: str | None = None
+) -> pd.DataFrame:
     """List a dataset's images in table order and assign each to a shard.
 
     Args:
@@ -24,9 +28,10 @@ def build_index(image_dir: str | Path, table_path: str | Path, kind: str, n_shar
         table_path: ``train.csv`` (kind "train") or ``sample_submission.csv`` (kind "test").
         kind: "train" (labelled) or "test".
         n_shards: number of shards; shard k holds a contiguous block of rows.
+        dataset: the dataset's name (an extra set's config name); default: the kind.
 
     Returns:
-        A table with columns ID, shard, Label ("" for test images).
+        A table with columns ID, shard, Label ("" for test images), dataset.
     """
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
@@ -51,6 +56,27 @@ def build_index(image_dir: str | Path, table_path: str | Path, kind: str, n_shar
             "ID": table["ID"].to_numpy(),
             "shard": [row * n_shards // max(n_images, 1) for row in range(n_images)],
             "Label": table["Label"].to_numpy() if kind == "train" else "",
+            "dataset": dataset or kind,
         }
     )
     return index
+
+
+def check_disjoint(index: pd.DataFrame, table_path: str | Path, other_paths: Sequence[str | Path]) -> None:
+    """Refuse a dataset whose IDs occur in other datasets' indexes.
+
+    Image files, fold tables and submissions are named by ID alone, so an ID shared by two datasets
+    would make one image overwrite or stand for the other.
+
+    Raises:
+        InputDataError: naming the shared IDs and both files.
+    """
+    ids = set(index["ID"])
+    for other_path in other_paths:
+        shared = [image_id for image_id in read_index(other_path)["ID"] if image_id in ids]
+        if shared:
+            shown = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
+            raise InputDataError(
+                f"{table_path} lists image ID(s) {shown} that dataset {read_index(other_path)['dataset'].iloc[0]} "
+                f"({other_path}) has too; IDs must be unique across datasets"
+            )

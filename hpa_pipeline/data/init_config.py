@@ -28,7 +28,9 @@ from hpa_pipeline.labels import CLASS_NAMES, N_CLASSES, read_test_table, read_tr
 #: Preset name -> the workflow file it copies.
 PRESETS: dict[str, str] = {"demo": "configs/demo.yaml", "full": "workflow_config.yaml"}
 #: Keys init-config writes itself; every other key of the preset is copied with its comments.
-DATA_KEYS = ("input_dir", "truth_dir", "demo_data", "shards", "submission")
+DATA_KEYS = ("input_dir", "truth_dir", "demo_data", "shards", "extra_train_sets", "submission")
+#: The public HPA list of the full preset: trained on when the folder holds it.
+PUBLIC_TABLE = "kaggle_2021.tsv"
 #: A comment for the preset keys whose comments sit on their nested keys only, so that every key has one.
 KEY_COMMENTS: dict[str, str] = {
     "preprocess": "# Preprocessing: the sizes of the resized images and of the cell crops.",
@@ -354,6 +356,7 @@ def build_config(summary: DatasetSummary, preset: str, workflow_dir: str | Path)
         "# shard (the full configuration's 64 and 4 shards on Kaggle's 21806 and 559 images), at least one.\n"
         f"shards:\n  train: {shards['train']}\n  test: {shards['test']}\n"
     )
+    parts.append(_extra_sets_block(summary.input_dir, preset))
     for key, text in blocks.items():
         if key not in DATA_KEYS:
             parts.append(text if text.startswith("#") else f"{KEY_COMMENTS.get(key, f'# {key}')}\n{text}")
@@ -368,6 +371,25 @@ def build_config(summary: DatasetSummary, preset: str, workflow_dir: str | Path)
         f"  center_area_threshold: {thresholds['center_area_threshold']}\n"
     )
     return "\n".join(parts)
+
+
+def _extra_sets_block(input_dir: Path, preset: str) -> str:
+    """The full preset's public HPA set when the folder holds its list, else how to add it (commented)."""
+    table = input_dir / PUBLIC_TABLE
+    lines = [
+        f"  pubhpa:\n    images: {_quote(input_dir / 'pubhpa')}\n    shards: 240\n",
+        f"    download:\n      tsv: {_quote(table)}\n      base_url: https://images.proteinatlas.org\n",
+    ]
+    head = (
+        "# Further labelled datasets trained on with the train set. The original trains every model on the\n"
+        f"# public HPA images of {PUBLIC_TABLE} (Kaggle dataset lnhtrang/publichpa-withcellline), downloaded\n"
+        "# by rule download_extra_set into `images` (about 80,000 images, ~1 TB; see README.md).\n"
+    )
+    if preset == "full" and table.is_file():
+        return head + "extra_train_sets:\n" + "".join(lines)
+    hint = f"# To add them, put {PUBLIC_TABLE} into {input_dir} and rerun init-config, or uncomment:\n"
+    commented = "".join(f"# {line}\n" for text in ["extra_train_sets:", *lines] for line in text.rstrip().split("\n"))
+    return head + hint + commented + "extra_train_sets: {}\n"
 
 
 def _quote(path: Path) -> str:

@@ -17,6 +17,8 @@ some of them, some show none and are Negative in the per-cell truth.
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import math
 import os
 import shutil
@@ -28,13 +30,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import tifffile
 from scipy.special import ndtri
 from tqdm import tqdm
 
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import CHANNELS
 from hpa_pipeline.io.folders import SYNTHETIC_MARKER, holds_real_images
-from hpa_pipeline.labels import N_CLASSES, NEGATIVE
+from hpa_pipeline.labels import CLASS_NAMES, N_CLASSES, NEGATIVE
 
 #: Classes whose pattern lies inside the nucleus; a mitotic cell (no nuclear envelope) cannot show them.
 NUCLEAR_CLASSES: frozenset[int] = frozenset({0, 1, 2, 3, 4, 5})
@@ -77,7 +80,7 @@ class FieldSpec:
     """What one field of a dataset holds (decided before it is rendered).
 
     Attributes:
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"``, ``"test"`` or ``"public"`` (the public-HPA mirror's images).
         index: position within the split.
         image_id: UUID-shaped Kaggle-like ID.
         height, width: field size in pixels.
@@ -1051,12 +1054,17 @@ def render_preview(
 # Dataset
 # ----------------------------------------------------------------------------------------------------------------
 
-_SPLIT_CODE = {"train": 0, "test": 1}
+_SPLIT_CODE = {"train": 0, "test": 1, "public": 2}
 
 
 def _image_id(seed: int, split: str, index: int) -> str:
-    """UUID-shaped ID derived from the seed, split and index only (independent of the dataset's size)."""
+    """An ID derived from the seed, split and index only (independent of the dataset's size): UUID-shaped
+    as Kaggle's, or for the public set ``{antibody}_{plate}_{well}_{field}`` as the HPA server's
+    ``/{antibody}/{plate}_{well}_{field}`` URL stems give it."""
     rng = np.random.default_rng([seed, _SPLIT_CODE[split], index, 1])
+    if split == "public":
+        antibody, plate = (int(v) for v in rng.integers(1000, 60000, size=2))
+        return f"{antibody}_{plate}_{'ABCDEFGH'[index % 8]}{index % 12 + 1}_{index % 4 + 1}"
     return str(uuid.UUID(bytes=rng.bytes(16), version=4))
 
 
@@ -1081,6 +1089,7 @@ def plan_dataset(
     seed: int = 0,
     non_square_test: bool = True,
     empty_test_images: int = 0,
+    n_public: int = 0,
 ) -> list[FieldSpec]:
     """The fields `write_demo_dataset` renders, in order (train first); arguments as there.
 
@@ -1096,13 +1105,13 @@ def plan_dataset(
         raise ValueError(f"cells_per_image must be (low, high) with 0 <= low <= high, got {cells_per_image}")
     if min(base_h, base_w) < 32:
         raise ValueError(f"image_size too small: {image_size} (at least 32)")
-    if n_train < 0 or n_test < 0 or not 0 <= empty_test_images <= n_test:
+    if n_train < 0 or n_test < 0 or n_public < 0 or not 0 <= empty_test_images <= n_test:
         raise ValueError(
-            f"need n_train, n_test >= 0 and 0 <= empty_test_images <= n_test "
-            f"(got {n_train}, {n_test}, {empty_test_images})"
+            f"need n_train, n_test, n_public >= 0 and 0 <= empty_test_images <= n_test "
+            f"(got {n_train}, {n_test}, {n_public}, {empty_test_images})"
         )
     specs = []
-    for split, count in (("train", n_train), ("test", n_test)):
+    for split, count in (("train", n_train), ("test", n_test), ("public", n_public)):
         # Cycle through a seeded order of the 19 classes: any 19 consecutive images cover every class.
         order = np.random.default_rng([seed, _SPLIT_CODE[split], 1000]).permutation(N_CLASSES)
         for index in range(count):
@@ -1148,6 +1157,7 @@ def write_demo_dataset(
     seed: int = 0,
     non_square_test: bool = True,
     empty_test_images: int = 0,
+    n_public: int = 0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> None:
@@ -1157,6 +1167,13 @@ def write_demo_dataset(
     ``sample_submission.csv`` (ID, ImageWidth, ImageHeight, PredictionString), ``truth/{train,test}/
     {ID}_cellmask.png`` (uint16), ``truth/cells.csv`` (split, ID, instance, Label) and the marker file
     ``.hpa-pipeline-synthetic`` that tells the workflow's checks this folder holds synthetic data.
+    With ``n_public``, also a local mirror of the HPA image server for the download stage:
+    ``public_hpa/kaggle_2021.tsv`` (Image, Label_idx, in_trainset, Label; plus one row that is in the
+    train set and one without labels, which the download drops) and ``public_hpa/server/{antibody}/
+    {plate}_{well}_{field}_{color}.tif.gz`` (16 bit, as the server's). As the real public set holds
+    fields of the Kaggle sets, with ``n_public >= 3`` its last two images are copies of the first
+    train image and of the last non-empty test image (16 bit instead of 8): the duplicates stage must
+    find them.
     Everything is written into a temporary sibling folder that is renamed to `out_dir` at the end, so an
     interrupted run leaves no (partial) `out_dir`.
 
@@ -1168,6 +1185,7 @@ def write_demo_dataset(
         seed: the same seed always gives byte-identical files.
         non_square_test: make the last test image 4:3 (width = 4/3 of the normal width).
         empty_test_images: the first this many test images contain no cells.
+        n_public: number of labelled images in the public-HPA mirror (0: no mirror).
         overwrite: replace an existing `out_dir`, unless it holds images that this generator did not write.
         progress: show a tqdm progress bar.
 
@@ -1185,6 +1203,7 @@ def write_demo_dataset(
         seed=seed,
         non_square_test=non_square_test,
         empty_test_images=empty_test_images,
+        n_public=n_public,
     )
     _check_target(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -1192,10 +1211,20 @@ def write_demo_dataset(
     try:
         for sub in ("train", "test", "truth/train", "truth/test"):
             (tmp / sub).mkdir(parents=True)
-        train_rows, test_rows, cell_rows = [], [], []
+        train_rows, test_rows, cell_rows, public_rows = [], [], [], []
+        copied = _copied_fields(specs, n_public)
+        originals: dict[str, SynthField] = {}
         for spec in tqdm(specs, desc="synthetic fields", unit="field", disable=not progress):
-            rng = np.random.default_rng([seed, _SPLIT_CODE[spec.split], spec.index, 3])
-            result = render_field(rng, spec.height, spec.width, spec.n_cells, list(spec.classes))
+            if spec.image_id in copied:
+                result = originals[copied[spec.image_id]]
+            else:
+                rng = np.random.default_rng([seed, _SPLIT_CODE[spec.split], spec.index, 3])
+                result = render_field(rng, spec.height, spec.width, spec.n_cells, list(spec.classes))
+            if spec.image_id in copied.values():
+                originals[spec.image_id] = result
+            if spec.split == "public":
+                public_rows.append(_write_public_image(tmp / "public_hpa", spec.image_id, result))
+                continue
             for channel, plane in zip(CHANNELS, result.channels):
                 _write_png(tmp / spec.split / f"{spec.image_id}_{channel}.png", plane)
             _write_png(tmp / "truth" / spec.split / f"{spec.image_id}_cellmask.png", result.cell_mask)
@@ -1208,6 +1237,13 @@ def write_demo_dataset(
         _write_csv(tmp / "train.csv", ["ID", "Label"], train_rows)
         _write_csv(tmp / "sample_submission.csv", ["ID", "ImageWidth", "ImageHeight", "PredictionString"], test_rows)
         _write_csv(tmp / "truth" / "cells.csv", ["split", "ID", "instance", "Label"], cell_rows)
+        if n_public:
+            # what the download must drop: an image of the Kaggle train set, and one without labels
+            public_rows.append([f"{PUBLIC_SERVER}/1/1_A1_1", "", "True", "Nucleoplasm"])
+            public_rows.append([f"{PUBLIC_SERVER}/2/2_A1_1", "", "False", ""])
+            _write_csv(
+                tmp / "public_hpa" / "kaggle_2021.tsv", ["Image", "Label_idx", "in_trainset", "Label"], public_rows
+            )
         (tmp / SYNTHETIC_MARKER).write_text(
             f"Synthetic dataset written by hpa_pipeline.data.synth (seed {seed}, {n_train} train and {n_test} test "
             "images).\nThe workflow may replace this folder; without this file it is treated as real data.\n",
@@ -1225,6 +1261,33 @@ def write_demo_dataset(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _copied_fields(specs: Sequence[FieldSpec], n_public: int) -> dict[str, str]:
+    """Public image ID -> the ID of the train or test field it copies (see `write_demo_dataset`)."""
+    public = [spec for spec in specs if spec.split == "public"]
+    train = [spec for spec in specs if spec.split == "train"]
+    test = [spec for spec in specs if spec.split == "test" and spec.n_cells]
+    if n_public < 3 or not train or not test:
+        return {}
+    return {public[-2].image_id: train[0].image_id, public[-1].image_id: test[-1].image_id}
+
+
+#: The scheme and host of the public table's Image URLs (the download replaces them by its base URL).
+PUBLIC_SERVER = "https://images.proteinatlas.org"
+
+
+def _write_public_image(mirror: Path, image_id: str, result: SynthField) -> list[str]:
+    """Write one field as the HPA server holds it (``.tif.gz`` per channel, 16 bit); return its table row."""
+    antibody, stem = image_id.split("_", 1)
+    folder = mirror / "server" / antibody
+    folder.mkdir(parents=True, exist_ok=True)
+    for channel, plane in zip(CHANNELS, result.channels):
+        encoded = io.BytesIO()
+        tifffile.imwrite(encoded, plane.astype(np.uint16) * 257)  # 8 -> 16 bit, full range
+        (folder / f"{stem}_{channel}.tif.gz").write_bytes(gzip.compress(encoded.getvalue(), mtime=0))
+    labels = result.image_labels
+    return [f"{PUBLIC_SERVER}/{antibody}/{stem}", _join(labels), "False", "|".join(CLASS_NAMES[c] for c in labels)]
 
 
 def _check_target(out_dir: Path, overwrite: bool) -> None:

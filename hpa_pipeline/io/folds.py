@@ -1,5 +1,8 @@
-"""The fold table CSV (``results/folds/{dataset}.csv``: ID, fold) and the training pool it defines:
-the images of every training dataset in canonical order with their labels and folds."""
+"""The fold table CSV (``results/folds/{dataset}.csv``: ID, fold, trainable) and the training pool it
+defines: the images of every training dataset in canonical order with their labels and folds.
+
+``trainable`` is 0 for an image that is predicted out-of-fold like any other but never trained on
+(a duplicate of a test image, when the duplicates step drops those)."""
 
 from __future__ import annotations
 
@@ -16,19 +19,21 @@ from hpa_pipeline.io.index import read_index
 from hpa_pipeline.labels import labels_to_matrix, parse_labels
 
 
-def write_folds(path: str | Path, ids: Sequence[str], folds: np.ndarray) -> None:
-    """Write the fold table (columns ``ID``, ``fold``) atomically: temp file, then rename.
+def write_folds(path: str | Path, ids: Sequence[str], folds: np.ndarray, trainable: np.ndarray | None = None) -> None:
+    """Write the fold table (columns ``ID``, ``fold``, ``trainable``) atomically: temp file, then rename.
 
     Args:
         path: destination CSV.
         ids: image IDs.
         folds: (n,) fold index per ID.
+        trainable: (n,) bool, False for images never trained on; default all True.
     """
     path = Path(path)
     folds = np.asarray(folds)
-    if len(ids) != len(folds):
-        raise InputDataError(f"{path}: {len(ids)} IDs but {len(folds)} fold indices")
-    table = pd.DataFrame({"ID": list(ids), "fold": folds.astype(np.int64)})
+    trainable = np.ones(len(folds), bool) if trainable is None else np.asarray(trainable, bool)
+    if len(ids) != len(folds) or len(trainable) != len(folds):
+        raise InputDataError(f"{path}: {len(ids)} IDs but {len(folds)} fold indices and {len(trainable)} flags")
+    table = pd.DataFrame({"ID": list(ids), "fold": folds.astype(np.int64), "trainable": trainable.astype(np.int64)})
     with atomic_file(path, "w", newline="") as handle:
         table.to_csv(handle, index=False)
 
@@ -37,7 +42,8 @@ def read_folds(path: str | Path) -> pd.DataFrame:
     """Read a fold table written by ``write_folds``.
 
     Returns:
-        DataFrame with ``ID`` (str) and ``fold`` (int64), in file order.
+        DataFrame with ``ID`` (str), ``fold`` (int64) and ``trainable`` (bool; all True when the file
+        has no such column), in file order.
     """
     path = Path(path)
     if not path.is_file():
@@ -55,7 +61,16 @@ def read_folds(path: str | Path) -> pd.DataFrame:
         raise InputDataError(f"{path} row {bad + 2}: fold {table['fold'].iloc[bad]!r} is not a fold index")
     if table["ID"].duplicated().any():
         raise InputDataError(f"{path}: duplicate ID {table['ID'][table['ID'].duplicated()].iloc[0]!r}")
-    return pd.DataFrame({"ID": table["ID"].astype(str), "fold": folds.astype(np.int64)})
+    trainable = np.ones(len(table), bool)
+    if "trainable" in table.columns:
+        flags = pd.to_numeric(table["trainable"], errors="coerce")
+        bad = np.flatnonzero(~flags.isin([0, 1]).to_numpy())
+        if len(bad):
+            raise InputDataError(
+                f"{path} row {bad[0] + 2}: trainable {table['trainable'].iloc[bad[0]]!r} is not 0 or 1"
+            )
+        trainable = flags.to_numpy() == 1
+    return pd.DataFrame({"ID": table["ID"].astype(str), "fold": folds.astype(np.int64), "trainable": trainable})
 
 
 @dataclass
@@ -63,8 +78,14 @@ class LabelledImages:
     """The images of all training datasets in canonical order, with labels and folds."""
 
     ids: list[str]
+    datasets: list[str]
     labels: np.ndarray  # (n, 19) float32 multi-hot
     folds: np.ndarray  # (n,) int64
+    trainable: np.ndarray  # (n,) bool
+
+    def image_keys(self) -> list[tuple[str, str]]:
+        """(dataset, image ID) of every image."""
+        return list(zip(self.datasets, self.ids, strict=True))
 
 
 def read_labelled_images(index_paths: Sequence[str | Path], folds_paths: Sequence[str | Path]) -> LabelledImages:
@@ -75,19 +96,29 @@ def read_labelled_images(index_paths: Sequence[str | Path], folds_paths: Sequenc
         folds_paths: ``results/folds/{dataset}.csv`` of the same datasets.
     """
     ids: list[str] = []
+    datasets: list[str] = []
     labels: list[list[int]] = []
     folds: list[np.ndarray] = []
+    trainable: list[np.ndarray] = []
     for index_path, folds_path in zip(index_paths, folds_paths, strict=True):
         index = read_index(index_path)
         table = read_folds(folds_path)
         if index["ID"].tolist() != table["ID"].tolist():
             raise InputDataError(f"{folds_path} does not list the images of {index_path} in order (rebuild the folds)")
         ids += index["ID"].tolist()
+        datasets += index["dataset"].tolist()
         labels += [
             parse_labels(text, f"{index_path} (ID {image_id})") for image_id, text in zip(index["ID"], index["Label"])
         ]
         folds.append(table["fold"].to_numpy(np.int64))
+        trainable.append(table["trainable"].to_numpy(bool))
     duplicated = pd.Index(ids)[pd.Index(ids).duplicated()]
     if len(duplicated):
         raise InputDataError(f"image ID(s) {', '.join(duplicated[:5])} occur in more than one training dataset")
-    return LabelledImages(ids, labels_to_matrix(labels), np.concatenate(folds) if folds else np.zeros(0, np.int64))
+    return LabelledImages(
+        ids,
+        datasets,
+        labels_to_matrix(labels),
+        np.concatenate(folds) if folds else np.zeros(0, np.int64),
+        np.concatenate(trainable) if trainable else np.zeros(0, bool),
+    )

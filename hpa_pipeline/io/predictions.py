@@ -1,6 +1,6 @@
 """Prediction stores: per-cell and per-image probabilities with the cell identity that indexes them.
 
-Cell identity is (image ID, mask value). Everything that combines predictions (folds, models,
+Cell identity is (dataset, image ID, mask value). Everything that combines predictions (folds, models,
 ensembles, pseudo labels, the submission) joins on that identity and reports any mismatch, never
 relying on positions alone.
 """
@@ -63,14 +63,16 @@ class PredictionSet:
             self.image_probs.mean(axis=2, keepdims=True, dtype=np.float64).astype(np.float32),
         )
 
-    def image_rows(self) -> dict[str, int]:
-        return {image_id: row for row, image_id in enumerate(self.ids)}
+    def image_rows(self) -> dict[tuple[str, str], int]:
+        """Row of every image, by (dataset, image ID)."""
+        return {key: row for row, key in enumerate(self.cells.image_keys())}
 
 
 def write_predictions(path: str | Path, predictions: PredictionSet, **attrs: object) -> None:
     """Write a prediction store atomically."""
     with atomic_store(path, "predictions", **attrs) as group:
         write_strings(group, "ids", predictions.ids)
+        write_strings(group, "datasets", predictions.cells.datasets)
         write_table(group, "offsets", predictions.offsets.astype(np.int64))
         write_table(group, "instance", predictions.instance.astype(np.int32))
         for name in ("probs", "image_probs"):
@@ -90,7 +92,14 @@ def write_predictions(path: str | Path, predictions: PredictionSet, **attrs: obj
 def read_predictions(path: str | Path) -> PredictionSet:
     """Read a prediction store."""
     group = open_store(path, "predictions")
-    cells = CellTable(read_strings(group, "ids"), group["offsets"][...], group["instance"][...])
+    if "datasets" not in group:
+        raise InputDataError(f"{path} was written by hpa-pipeline < 0.3 (no dataset of its images): rebuild it")
+    cells = CellTable(
+        read_strings(group, "ids"),
+        group["offsets"][...],
+        group["instance"][...],
+        datasets=read_strings(group, "datasets"),
+    )
     return PredictionSet(cells, group["probs"][...], group["image_probs"][...])
 
 
@@ -108,15 +117,22 @@ def concat_predictions(parts: Sequence[PredictionSet]) -> PredictionSet:
     )
 
 
-def select_images(predictions: PredictionSet, ids: Sequence[str], source: str = "predictions") -> PredictionSet:
-    """The predictions of ``ids``, in that order (each must be present exactly once)."""
+def image_name(key: tuple[str, str]) -> str:
+    """``dataset/ID``, how messages name an image."""
+    return "/".join(key)
+
+
+def select_images(
+    predictions: PredictionSet, keys: Sequence[tuple[str, str]], source: str = "predictions"
+) -> PredictionSet:
+    """The predictions of the images ``keys`` ((dataset, ID) pairs), in that order (each present exactly once)."""
     rows = predictions.image_rows()
     if len(rows) != len(predictions.ids):
         raise InputDataError(f"{source}: an image occurs more than once")
-    missing = [image_id for image_id in ids if image_id not in rows]
+    missing = [image_name(key) for key in keys if key not in rows]
     if missing:
         raise InputDataError(f"{source} lacks image(s) {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
-    order = np.array([rows[image_id] for image_id in ids], dtype=np.int64)
+    order = np.array([rows[key] for key in keys], dtype=np.int64)
     return PredictionSet(
         predictions.cells.subset(order),
         predictions.probs[predictions.cells.cell_rows(order)],
@@ -127,10 +143,10 @@ def select_images(predictions: PredictionSet, ids: Sequence[str], source: str = 
 def check_same_cells(predictions: PredictionSet, cells: CellTable, source: str) -> None:
     """Raise unless ``predictions`` holds exactly the images and cells of ``cells``, in the same order."""
     ids, offsets, instance = cells.ids, cells.offsets, cells.instance
-    if list(predictions.ids) != list(ids):
+    if predictions.cells.image_keys() != cells.image_keys():
         raise InputDataError(
             f"{source}: its images differ from the expected ones (first difference at "
-            f"{_first_difference(predictions.ids, ids)})"
+            f"{_first_difference(predictions.cells.image_keys(), cells.image_keys())})"
         )
     if not np.array_equal(predictions.offsets, offsets) or not np.array_equal(predictions.instance, instance):
         counts = np.diff(predictions.offsets)
@@ -147,7 +163,7 @@ def check_same_cells(predictions: PredictionSet, cells: CellTable, source: str) 
 
 def align_to_cells(predictions: PredictionSet, cells: CellTable, source: str) -> PredictionSet:
     """Reorder ``predictions`` to the images of ``cells`` and check that every image has the same cells."""
-    aligned = select_images(predictions, cells.ids, source)
+    aligned = select_images(predictions, cells.image_keys(), source)
     check_same_cells(aligned, cells, source)
     return aligned
 
@@ -172,8 +188,8 @@ def average_predictions(members: Sequence[PredictionSet], sources: Sequence[str]
     )
 
 
-def _first_difference(left: Sequence[str], right: Sequence[str]) -> str:
+def _first_difference(left: Sequence[tuple[str, str]], right: Sequence[tuple[str, str]]) -> str:
     for position, (a, b) in enumerate(zip(left, right)):
         if a != b:
-            return f"position {position}: {a!r} vs {b!r}"
+            return f"position {position}: {image_name(a)!r} vs {image_name(b)!r}"
     return f"lengths {len(left)} vs {len(right)}"

@@ -196,9 +196,13 @@ def resize_labels_keeping_cells(labels: np.ndarray, size: int, instance: np.ndar
 
 
 def resize_masks_shard(
-    masks_path: str | Path, sizes: Sequence[int], out_mask_paths: Sequence[str | Path], out_cells_path: str | Path
+    masks_path: str | Path,
+    sizes: Sequence[int],
+    out_mask_paths: Sequence[str | Path],
+    out_cells_path: str | Path,
+    dataset: str,
 ) -> None:
-    """Write the shard's masks at every size and its cell table.
+    """Write the shard's masks at every size and its cell table (of images of ``dataset``).
 
     The cell table (``cells`` store) holds per image ``ids``, ``source_shape`` and ``offsets`` (n + 1) into
     the cell axis, and per cell ``image_index``, ``instance``, ``bbox``, ``area``, ``touches_edge`` (all
@@ -242,7 +246,11 @@ def resize_masks_shard(
                 per_size_area[size].append(counts[properties.instance].astype(np.int32))
                 per_size_repaired[size].append(repaired)
         with atomic_store(
-            out_cells_path, "cells", sizes=[int(size) for size in sizes], mask_resolution=source.attrs["resolution"]
+            out_cells_path,
+            "cells",
+            sizes=[int(size) for size in sizes],
+            mask_resolution=source.attrs["resolution"],
+            dataset=dataset,
         ) as cells:
             counts = np.array([len(p.instance) for p in per_image], dtype=np.int64)
             write_strings(cells, "ids", image_ids)

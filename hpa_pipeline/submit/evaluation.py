@@ -73,7 +73,8 @@ def _segmented_images(
 def _oof_items(predictions: PredictionSet, masks_paths: Sequence[Path], truth_dir: Path) -> Iterator[ImageEval]:
     classes = read_truth_classes(truth_dir, "train")
     ids = [image_id for path in masks_paths for image_id in read_strings(open_store(path, "masks"), "ids")]
-    selected = select_images(predictions, ids, "out-of-fold predictions")
+    # the truth covers the Kaggle train set; extra sets are trained on but not scored
+    selected = select_images(predictions, [("train", image_id) for image_id in ids], "out-of-fold predictions")
     for row, (image_id, truth, labels) in enumerate(_segmented_images(masks_paths, truth_dir, "train")):
         cells = slice(selected.offsets[row], selected.offsets[row + 1])
         scores = selected.probs[cells].mean(axis=2)

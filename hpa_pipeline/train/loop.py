@@ -67,12 +67,18 @@ class Trainer:
         self.workers = max(0, min(threads - 1, 8))
         self.images: LabelledImages = read_labelled_images(data.index_paths, data.folds_paths)
         self.cells: CellTable = read_cell_table(data.cells_paths).identity()
-        if self.cells.ids != self.images.ids:
+        if self.cells.image_keys() != self.images.image_keys():
             raise InputDataError("the cell tables do not list the training images in index order (rebuild them)")
-        self.train_rows = np.flatnonzero(self.images.folds != fold)
+        self.train_rows = np.flatnonzero((self.images.folds != fold) & self.images.trainable)
         self.valid_rows = np.flatnonzero(self.images.folds == fold)
         if not len(self.train_rows):
             raise InputDataError(f"fold {fold}: no training images")
+        log.info(
+            "fold %d: training on %s images, validating on %s",
+            fold,
+            _count_by_dataset(self.images.datasets, self.train_rows),
+            _count_by_dataset(self.images.datasets, self.valid_rows),
+        )
         self.cell_targets = self._cell_targets()
         torch.manual_seed(derive_seed(settings.seed, fold))
         self.model = create_model(
@@ -297,3 +303,11 @@ def train_model(
             threads=threads,
             inputs=data.all_paths(),
         )
+
+
+def _count_by_dataset(datasets: list[str], rows: np.ndarray) -> str:
+    """``12 (train 8, pubhpa 4)``: how many of ``rows`` each dataset holds."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[datasets[row]] = counts.get(datasets[row], 0) + 1
+    return f"{len(rows)} ({', '.join(f'{name} {n}' for name, n in counts.items())})"
