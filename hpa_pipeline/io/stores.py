@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,15 +17,36 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs.numcodecs import Delta
 from zarr.core.sync import sync
 
 from hpa_pipeline.errors import InputDataError
 
-#: lz4 with bit shuffle: 1.9x smaller than raw at a third of zstd's time, so that writing the resized
-#: images costs little next to decoding the source PNGs (benchmarks/bench_preprocess.py).
-IMAGE_COMPRESSORS = (BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle"),)
-#: Label masks are uint16 with long runs: byte shuffle separates the (mostly zero) high bytes.
+# The numcodecs filter below is stored as "numcodecs.delta": zarr-python (>= 3.1.3 with numcodecs) reads it,
+# but it warns on every array it opens that other Zarr implementations might not; that is known and accepted.
+warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3 specification")
+
+#: Images (uint8): a horizontal delta (PNG's "sub" predictor) before Zstandard level 1, lossless.
+#: Measured on the 7 real Kaggle fields (benchmarks/bench_stores.py, docs/scale.md; synthetic fields
+#: are noisier and only confirm the ranking), per image, the original's 4 PNGs vs this: 768 px 762 vs
+#: 768 KiB, 1536 px 2746 vs 2767 KiB (+1%), and 5% / 2% smaller than the original's own PNGs (its plain
+#: bilinear resize aliases). One random image read is ~2x faster than decoding the PNGs (768 px: 139
+#: vs 67 images/s per thread; 1536 px: 33 vs 17), writing 2x faster than encoding them. The previous
+#: Blosc lz4 1 + bit shuffle was 1.36x the PNGs, for reads 3-4x faster than now: the delta's decoding
+#: (a cumulative sum) costs ~5 ms per 768 px image, ~8 ms more per CAM sample in the loader
+#: (docs/scale.md has what a GPU needs). zstd 1 without the delta is 1.11x / 1.19x the PNGs and reads
+#: at the previous speed: set IMAGE_FILTERS = () where loader CPU is scarcer than disk.
+IMAGE_FILTERS = (Delta(dtype="u1"),)
+IMAGE_COMPRESSORS = (ZstdCodec(level=1),)
+#: Cell crops (uint8, 192 px): zstd 1 without the delta: 75 / 119 KiB per crop from 768 / 1536 px vs
+#: 96 / 150 for the original's blosc files and 102 / 145 with the previous lz4, read as fast as lz4
+#: (~1000 crops/s per thread). The delta would save 15% more but cut crop reads to ~600/s, and the
+#: cell models consume crops fast (an estimated 1500-2500/s per GPU).
+CROP_COMPRESSORS = (ZstdCodec(level=1),)
+#: Label masks are uint16 with long runs: byte shuffle separates the (mostly zero) high bytes. Already
+#: 0.74x (768 px) and 0.90x (1536 px) the original's 8-bit mask PNGs and ~1% of the images' bytes;
+#: Blosc zstd clevel 3 would save 10-25% of that at a slower write, not worth a change (docs/scale.md).
 MASK_COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),)
 #: Small tables (cell index, predictions).
 TABLE_COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)

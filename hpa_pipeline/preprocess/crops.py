@@ -18,7 +18,7 @@ from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.stores import (
     CHUNK_WRITE_CONFIG,
-    IMAGE_COMPRESSORS,
+    CROP_COMPRESSORS,
     atomic_store,
     open_store,
     read_strings,
@@ -121,7 +121,7 @@ def crop_shard(
             dtype="uint8",
             chunks=(1, 8, crop_size, crop_size),
             shards=(CELLS_PER_SHARD, 8, crop_size, crop_size),
-            compressors=IMAGE_COMPRESSORS,
+            compressors=CROP_COMPRESSORS,
             config=CHUNK_WRITE_CONFIG,
         )
         # whole shard files are written at once: a partial shard write would re-read and re-encode it

@@ -17,6 +17,7 @@ from hpa_pipeline.io.channels import CHANNELS, read_rgby_planes
 from hpa_pipeline.io.stores import (
     CHUNK_WRITE_CONFIG,
     IMAGE_COMPRESSORS,
+    IMAGE_FILTERS,
     atomic_store,
     write_rows,
     write_strings,
@@ -194,6 +195,7 @@ def resize_shard(
                     shape=(n_images, len(CHANNELS), size, size),
                     dtype="uint8",
                     chunks=(1, len(CHANNELS), size, size),
+                    filters=IMAGE_FILTERS,
                     compressors=IMAGE_COMPRESSORS,
                     config=CHUNK_WRITE_CONFIG,
                 )
