@@ -5,8 +5,9 @@
 A synthetic labelled table of N rows (19 classes, multi-label; each class drawn with its approximate
 frequency in the Kaggle 2021 train.csv: Nucleoplasm ~40%, Cytosol ~26%, ... Mitotic spindle ~0.5%,
 Negative ~0.2%; Negative alone) is written and read as the index CSV (hpa_pipeline.io.index), its labels
-parsed (hpa_pipeline.labels), split into 5 folds (hpa_pipeline.train.folds.make_folds, iterstrat), the
-fold table written, and both read back joined (hpa_pipeline.io.folds.read_labelled_images).
+parsed (hpa_pipeline.labels), split into 5 folds (hpa_pipeline.train.folds.make_folds, iterstrat; and
+fold_table, what the make_folds rule runs, with 2% of the rows in near-duplicate pairs), the fold table
+written, and both read back joined (hpa_pipeline.io.folds.read_labelled_images).
 
 Per step: seconds (best of ``--repeats``), the tracemalloc peak of Python allocations (a separate run:
 tracing slows pure-Python code) and the growth of the process's peak RSS during the step (VmHWM,
@@ -28,7 +29,7 @@ import pandas as pd
 from hpa_pipeline.io.folds import read_labelled_images, write_folds
 from hpa_pipeline.io.index import read_index, write_index
 from hpa_pipeline.labels import N_CLASSES, NEGATIVE, labels_to_matrix, parse_labels
-from hpa_pipeline.train.folds import make_folds
+from hpa_pipeline.train.folds import fold_table, make_folds
 
 #: Approximate per-image frequency of each class in the Kaggle 2021 train set (21,806 images).
 CLASS_FREQUENCY = np.array(
@@ -36,6 +37,8 @@ CLASS_FREQUENCY = np.array(
 )
 NEGATIVE_FREQUENCY = 0.002
 IMAGES_PER_SHARD = 256
+#: Share of the rows in near-duplicate pairs for the fold_table step (the public set has a few %).
+DUPLICATE_FRACTION = 0.02
 
 
 def labelled_table(n_rows: int, seed: int = 0) -> pd.DataFrame:
@@ -48,7 +51,16 @@ def labelled_table(n_rows: int, seed: int = 0) -> pd.DataFrame:
     labels = ["|".join(map(str, np.flatnonzero(row))) for row in hits]
     labels = [str(NEGATIVE) if neg else text for text, neg in zip(labels, negative)]
     ids = [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n_rows)]
-    return pd.DataFrame({"ID": ids, "shard": np.arange(n_rows) // IMAGES_PER_SHARD, "Label": labels})
+    shards = np.arange(n_rows) // IMAGES_PER_SHARD
+    return pd.DataFrame({"ID": ids, "shard": shards, "Label": labels, "dataset": "train"})
+
+
+def duplicates_table(table: pd.DataFrame, fraction: float = DUPLICATE_FRACTION, seed: int = 0) -> pd.DataFrame:
+    """A duplicates table (group, dataset, ID) pairing ``fraction`` of the rows two by two."""
+    rows = np.random.default_rng(seed).permutation(len(table))[: int(len(table) * fraction) // 2 * 2]
+    return pd.DataFrame(
+        {"group": np.arange(len(rows)) // 2, "dataset": table["dataset"].iloc[rows], "ID": table["ID"].iloc[rows]}
+    )
 
 
 def _rss_kib(field: str) -> int:
@@ -78,11 +90,13 @@ def steps(
     table: pd.DataFrame, matrix: np.ndarray, folds: np.ndarray, index_path: Path, folds_path: Path
 ) -> dict[str, Callable[[], object]]:
     """The measured steps, each a call of the package on the table of one size."""
+    duplicates = duplicates_table(table)
     return {
         "write_index (io.index)": lambda: write_index(index_path, table),
         "read_index (io.index)": lambda: read_index(index_path),
         "parse_labels + labels_to_matrix": lambda: labels_to_matrix([parse_labels(t) for t in table["Label"]]),
         "make_folds (iterstrat, 5 folds)": lambda: make_folds(matrix, n_folds=5, seed=0),
+        "fold_table (+ 2% duplicate pairs)": lambda: fold_table(table, 5, 0, duplicate_groups=duplicates),
         "write_folds (io.folds)": lambda: write_folds(folds_path, table["ID"].tolist(), folds),
         "read_labelled_images (io.folds)": lambda: read_labelled_images([index_path], [folds_path]),
     }
