@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,10 +54,14 @@ def main() -> None:
         ]
         (data / "kaggle_2021.tsv").write_text("\n".join(public) + "\n")
         snakemake = str(Path(sys.executable).parent / "snakemake")
-        # the public set of workflow_config.yaml, its list and images moved into the skeleton
-        public_set = f"{{images: {data}/pubhpa, shards: 240, download: {{tsv: {data}/kaggle_2021.tsv}}}}"
-        config = [f"input_dir={data}", f"extra_train_sets={{pubhpa: {public_set}}}"]
-        command = [snakemake, "submission", "-n", "--cores", "12", "--config", *config]
+        # workflow_config.yaml with its data paths (the public set's list and images too) in the skeleton
+        config = yaml.safe_load((REPO / "workflow_config.yaml").read_text())
+        config["input_dir"] = str(data)
+        public = config["extra_train_sets"]["pubhpa"]
+        public["images"] = str(data / "pubhpa")
+        public["download"]["tsv"] = str(data / "kaggle_2021.tsv")
+        (work / "bench.yaml").write_text(yaml.safe_dump(config))
+        command = [snakemake, "submission", "-n", "--cores", "12", "--configfile", "bench.yaml"]
         times = []
         for _ in range(3):
             started = time.perf_counter()

@@ -377,7 +377,7 @@ def _extra_sets_block(input_dir: Path, preset: str) -> str:
     """The full preset's public HPA set when the folder holds its list, else how to add it (commented)."""
     table = input_dir / PUBLIC_TABLE
     lines = [
-        f"  pubhpa:\n    images: {_quote(input_dir / 'pubhpa')}\n    shards: 240\n",
+        f"  pubhpa:\n    images: {_quote(input_dir / 'pubhpa')}\n    shards: 120\n",
         f"    download:\n      tsv: {_quote(table)}\n      base_url: https://images.proteinatlas.org\n",
     ]
     head = (
