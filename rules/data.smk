@@ -17,6 +17,7 @@ if config.get("demo_data"):
             cells_per_image=" ".join(str(n) for n in config["demo_data"]["cells_per_image"]),
             empty_test_images=config["demo_data"]["empty_test_images"],
             seed=config["seed"],
+            task=TASK,
         log:
             "logs/make_demo_data/make_demo_data.log",
         benchmark:
@@ -27,7 +28,7 @@ if config.get("demo_data"):
             "hpa-pipeline demo-data --out {params.out} --overwrite --n-train {params.n_train} "
             "--n-test {params.n_test} --image-size {params.image_size} "
             "--cells-per-image {params.cells_per_image} --empty-test-images {params.empty_test_images} "
-            "--seed {params.seed} > {log} 2>&1"
+            "--seed {params.seed} --task {params.task} > {log} 2>&1"
 
 
 rule index_images:
@@ -38,6 +39,7 @@ rule index_images:
         index_csv("{dataset}"),
     params:
         shards=lambda wildcards: config["shards"][wildcards.dataset],
+        task=TASK,
     log:
         "logs/index_images/{dataset}.log",
     benchmark:
@@ -46,4 +48,4 @@ rule index_images:
         "../envs/pipeline.yaml"
     shell:
         "hpa-pipeline index --images {input.images} --table {input.table} --kind {wildcards.dataset} "
-        "--shards {params.shards} --out {output} > {log} 2>&1"
+        "--shards {params.shards} --task {params.task} --out {output} > {log} 2>&1"

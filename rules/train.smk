@@ -9,6 +9,7 @@ rule make_folds:
     params:
         n_folds=N_FOLDS,
         seed=config["seed"],
+        task=TASK,
     log:
         "logs/make_folds/{dataset}.log",
     benchmark:
@@ -17,7 +18,7 @@ rule make_folds:
         "../envs/pipeline.yaml"
     shell:
         "hpa-pipeline folds --index {input.index} --n-folds {params.n_folds} --seed {params.seed} "
-        "--out {output} > {log} 2>&1"
+        "--task {params.task} --out {output} > {log} 2>&1"
 
 
 rule train_model:

@@ -32,7 +32,14 @@ def test_every_schema_setting_is_a_field_and_reaches_the_dataclass():
 
 def test_required_and_kind_only_settings_come_from_the_fields():
     assert required_settings() == ["kind", "backbone", "image_size", "epochs", "batch_size", "lr"]
-    assert kind_only_settings("cell") == {"crop_size", "focal_gamma", "consistency_weight", "hflip"}
+    assert kind_only_settings("cell") == {
+        "crop_size",
+        "focal_gamma",
+        "consistency_weight",
+        "hflip",
+        "head",
+        "tta_crops",
+    }
     assert kind_only_settings("image") == frozenset()
 
 

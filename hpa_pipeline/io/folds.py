@@ -13,7 +13,7 @@ import pandas as pd
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.files import atomic_file
 from hpa_pipeline.io.index import read_index
-from hpa_pipeline.labels import labels_to_matrix, parse_labels
+from hpa_pipeline.labels import N_CLASSES, labels_to_matrix, parse_labels
 
 
 def write_folds(path: str | Path, ids: Sequence[str], folds: np.ndarray) -> None:
@@ -63,16 +63,19 @@ class LabelledImages:
     """The images of all training datasets in canonical order, with labels and folds."""
 
     ids: list[str]
-    labels: np.ndarray  # (n, 19) float32 multi-hot
+    labels: np.ndarray  # (n, n_classes) float32 multi-hot
     folds: np.ndarray  # (n,) int64
 
 
-def read_labelled_images(index_paths: Sequence[str | Path], folds_paths: Sequence[str | Path]) -> LabelledImages:
+def read_labelled_images(
+    index_paths: Sequence[str | Path], folds_paths: Sequence[str | Path], n_classes: int = N_CLASSES
+) -> LabelledImages:
     """Join the datasets' index tables (labels) with their fold tables.
 
     Args:
         index_paths: ``results/{dataset}/index.csv`` of each training dataset, in config order.
         folds_paths: ``results/folds/{dataset}.csv`` of the same datasets.
+        n_classes: the task's number of classes (19, or 28 for the 2018 task).
     """
     ids: list[str] = []
     labels: list[list[int]] = []
@@ -84,10 +87,13 @@ def read_labelled_images(index_paths: Sequence[str | Path], folds_paths: Sequenc
             raise InputDataError(f"{folds_path} does not list the images of {index_path} in order (rebuild the folds)")
         ids += index["ID"].tolist()
         labels += [
-            parse_labels(text, f"{index_path} (ID {image_id})") for image_id, text in zip(index["ID"], index["Label"])
+            parse_labels(text, f"{index_path} (ID {image_id})", n_classes)
+            for image_id, text in zip(index["ID"], index["Label"])
         ]
         folds.append(table["fold"].to_numpy(np.int64))
     duplicated = pd.Index(ids)[pd.Index(ids).duplicated()]
     if len(duplicated):
         raise InputDataError(f"image ID(s) {', '.join(duplicated[:5])} occur in more than one training dataset")
-    return LabelledImages(ids, labels_to_matrix(labels), np.concatenate(folds) if folds else np.zeros(0, np.int64))
+    return LabelledImages(
+        ids, labels_to_matrix(labels, n_classes), np.concatenate(folds) if folds else np.zeros(0, np.int64)
+    )
