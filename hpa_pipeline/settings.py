@@ -123,7 +123,7 @@ class ModelSettings:
             "required": ["start_epoch"],
             "properties": {
                 "start_epoch": {"type": "integer", "minimum": 1},
-                "every": {"type": "integer", "minimum": 1, "default": 1},
+                "every": {"type": "integer", "minimum": 1, "description": "default 1: every epoch"},
             },
         },
         None,

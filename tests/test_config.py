@@ -104,8 +104,12 @@ def demo_2018_config() -> dict:
     return yaml.safe_load((REPO / "configs" / "demo_2018.yaml").read_text())
 
 
-def test_the_2018_demo_passes_and_its_models_get_the_task(demo_2018_config):
+def test_the_2018_demo_and_recipe_pass_and_their_models_get_the_task(demo_2018_config):
     check_config(demo_2018_config)
+    recipe = yaml.safe_load((REPO / "workflow_2018.yaml").read_text())
+    check_config(recipe)
+    densenet = ModelSettings.from_dict(resolve_model(recipe, "densenet121_1536"))
+    assert (densenet.head, densenet.tta_crops, densenet.tta_combine, densenet.crop_size) == ("gap_gmp", 4, "max", 1024)
     settings = ModelSettings.from_dict(resolve_model(demo_2018_config, "resnet_gapgmp"))
     assert settings.task == "hpa2018-images" and settings.n_classes == 28 and settings.image_level
     assert (
