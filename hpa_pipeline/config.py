@@ -264,6 +264,8 @@ def _check_image_task(config: dict[str, Any]) -> None:
     for key in CELL_TASK_KEYS:
         if _lookup(config, key) is not None:
             raise ConfigError(f"{key}: task {TASK_IMAGES} has no cells (no segmentation, masks or crops); remove it")
+    if (config.get("demo_data") or {}).get("empty_test_images"):
+        raise ConfigError(f"demo_data.empty_test_images: task {TASK_IMAGES} has no cells, so no image without cells")
     sizes = list(config["preprocess"]["image_sizes"])
     models = config.get("models") or {}
     for name in models:

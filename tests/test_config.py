@@ -130,6 +130,7 @@ def test_the_2018_demo_and_recipe_pass_and_their_models_get_the_task(demo_2018_c
         ("preprocess.crop_size", 48, "preprocess.crop_size: task hpa2018-images has no cells"),
         ("preprocess.crop_image_sizes", [128], "preprocess.crop_image_sizes: task hpa2018-images"),
         ("submission.edge_area_threshold", 5000, "submission.edge_area_threshold: task hpa2018-images"),
+        ("demo_data.empty_test_images", 1, "demo_data.empty_test_images: task hpa2018-images has no cells"),
         ("models.effnet_cam.swa", {"start_epoch": 9}, "models.effnet_cam.swa.start_epoch 9 is after its last epoch"),
         ("models.effnet_cam.image_size", 64, "models.effnet_cam.image_size: 64 is not one of preprocess.image_sizes"),
     ],

@@ -46,6 +46,9 @@ def test_required_and_kind_only_settings_come_from_the_fields():
 def test_model_kind_decides_the_stores():
     assert model_stores("image") == ["images", "masks"]
     assert model_stores("cell") == ["crops"]
+    assert model_stores("image", "hpa2018-images") == ["images"]  # no cells, no masks in the image-level task
+    with pytest.raises(ConfigError, match="image models only"):
+        model_stores("cell", "hpa2018-images")
     with pytest.raises(ConfigError, match="'tile'"):
         model_stores("tile")
 
