@@ -83,6 +83,7 @@ if IMAGE_TASK:
         input:
             oof=[oof_store(model) for model in MODELS],
             ensembles=[ensemble_store(name) for name in ENSEMBLES],
+            members=member_oofs(),
             index=[index_csv(dataset) for dataset in TRAIN_DATASETS],
             folds=[folds_csv(dataset) for dataset in TRAIN_DATASETS],
             thresholds=THRESHOLDS_CSV,
@@ -94,7 +95,6 @@ if IMAGE_TASK:
             tsv=report(METRICS_TSV, caption="../report/metrics.rst", category="Metrics"),
         params:
             scored=evaluation_options,
-            members=" ".join(member_oofs()),
             seed=config["seed"],
         log:
             "logs/evaluate/evaluate.log",
@@ -103,7 +103,7 @@ if IMAGE_TASK:
         conda:
             "../envs/pipeline.yaml"
         shell:
-            "hpa-pipeline evaluate-images {params.scored} --members {params.members} --index {input.index} "
+            "hpa-pipeline evaluate-images {params.scored} --members {input.members} --index {input.index} "
             "--folds {input.folds} --thresholds {input.thresholds} --image-predictions {input.image_predictions} "
             "--truth {input.truth}/test.csv --seed {params.seed} --out-json {output.json} --out-tsv {output.tsv} > {log} 2>&1"
 
