@@ -277,9 +277,11 @@ def _check_image_task(config: dict[str, Any]) -> None:
             )
         if settings.get("pseudo_labels"):
             raise ConfigError(f"{where}.pseudo_labels: pseudo labels are per-cell targets; task {TASK_IMAGES} has none")
-        for key in ("consistency_weight",):
-            if key in (models[name] or {}):
-                raise ConfigError(f"{where}.{key}: the cell consistency loss needs cells; task {TASK_IMAGES} has none")
+        if "consistency_weight" in settings:
+            raise ConfigError(
+                f"{where}.consistency_weight (on the model or in model_defaults.image): the cell consistency "
+                f"loss needs cells; task {TASK_IMAGES} has none"
+            )
         _check_swa(settings, where)
     _check_models(config, sizes, [])
 

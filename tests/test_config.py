@@ -125,7 +125,11 @@ def test_the_2018_demo_and_recipe_pass_and_their_models_get_the_task(demo_2018_c
     [
         ("models.effnet_cam.kind", "cell", "models.effnet_cam.kind: cell models classify cell crops"),
         ("models.effnet_cam.pseudo_labels", "both", "models.effnet_cam.pseudo_labels: pseudo labels are per-cell"),
-        ("models.effnet_cam.consistency_weight", 1.0, "models.effnet_cam.consistency_weight: the cell consistency"),
+        (
+            "models.effnet_cam.consistency_weight",
+            1.0,
+            r"models.effnet_cam.consistency_weight \(on the model .*\): the cell",
+        ),
         ("segment", {"backend": "classical", "inputs": {}}, "segment: task hpa2018-images has no cells"),
         ("preprocess.crop_size", 48, "preprocess.crop_size: task hpa2018-images has no cells"),
         ("preprocess.crop_image_sizes", [128], "preprocess.crop_image_sizes: task hpa2018-images"),
