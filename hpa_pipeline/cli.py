@@ -45,12 +45,31 @@ def _demo_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-public", type=int, default=0, help="images of a local public-HPA server mirror")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing demo dataset")
+    parser.add_argument(
+        "--task",
+        default="hpa2021-cells",
+        choices=("hpa2021-cells", "hpa2018-images"),
+        help="hpa2018-images: the 2018 layout (Id,Target; 28 classes; test labels in truth/test.csv)",
+    )
 
 
 @subcommand("demo-data", "write the synthetic demo dataset", _demo_data_arguments)
 def _demo_data(args: argparse.Namespace) -> None:
     from hpa_pipeline.data.synth import write_demo_dataset
 
+    if args.task == "hpa2018-images":
+        from hpa_pipeline.data.synth2018 import write_demo_dataset_2018
+
+        write_demo_dataset_2018(
+            args.out,
+            n_train=args.n_train,
+            n_test=args.n_test,
+            image_size=args.image_size,
+            cells_per_image=tuple(args.cells_per_image),
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+        return
     write_demo_dataset(
         args.out,
         n_train=args.n_train,
@@ -163,6 +182,9 @@ def _index_arguments(parser: argparse.ArgumentParser) -> None:
         "--disjoint-from", type=Path, nargs="*", default=[], help="other datasets' index.csv that must share no ID"
     )
     parser.add_argument("--shards", required=True, type=int)
+    parser.add_argument(
+        "--task", default="hpa2021-cells", help="hpa2021-cells (ID,Label) or hpa2018-images (Id,Target)"
+    )
     parser.add_argument("--out", required=True, type=Path)
 
 
@@ -171,7 +193,7 @@ def _index(args: argparse.Namespace) -> None:
     from hpa_pipeline.data.index import build_index, check_disjoint
     from hpa_pipeline.io.index import write_index
 
-    index = build_index(args.images, args.table, args.kind, args.shards, dataset=args.dataset)
+    index = build_index(args.images, args.table, args.kind, args.shards, dataset=args.dataset, task=args.task)
     check_disjoint(index, args.table, args.disjoint_from)
     write_index(args.out, index)
     log.info("%d images in %d shards", len(index), args.shards)
@@ -355,6 +377,7 @@ def _folds_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drop-test-duplicates", action="store_true", help="never train on images that duplicate a test image"
     )
+    parser.add_argument("--task", default="hpa2021-cells", help="the label set: hpa2021-cells or hpa2018-images")
     parser.add_argument("--out", required=True, type=Path)
 
 
@@ -363,6 +386,7 @@ def _folds(args: argparse.Namespace) -> None:
     from hpa_pipeline.io.duplicates import read_duplicate_groups
     from hpa_pipeline.io.folds import read_folds, write_folds
     from hpa_pipeline.io.index import read_index
+    from hpa_pipeline.labels import n_classes
     from hpa_pipeline.train.folds import fold_table
 
     earlier = {}
@@ -379,6 +403,7 @@ def _folds(args: argparse.Namespace) -> None:
         earlier,
         drop_test_duplicates=args.drop_test_duplicates,
         source=str(args.index),
+        n_classes=n_classes(args.task),
     )
     write_folds(args.out, table["ID"].tolist(), table["fold"].to_numpy(), table["trainable"].to_numpy())
 
@@ -387,7 +412,9 @@ def _model_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", required=True, help="the model's resolved settings (JSON)")
     parser.add_argument("--index", type=Path, nargs="*", default=[], help="index.csv of each training dataset")
     parser.add_argument("--folds", type=Path, nargs="*", default=[], help="folds CSV of each training dataset")
-    parser.add_argument("--cells", required=True, type=Path, nargs="+", help="cell tables of every shard")
+    parser.add_argument(
+        "--cells", type=Path, nargs="*", default=[], help="cell tables of every shard (none in the image-level task)"
+    )
     parser.add_argument("--images", type=Path, nargs="*", default=[], help="images stores (image models)")
     parser.add_argument("--masks", type=Path, nargs="*", default=[], help="resized masks stores (image models)")
     parser.add_argument("--crops", type=Path, nargs="*", default=[], help="crops stores (cell models)")
@@ -505,9 +532,15 @@ def _submit(args: argparse.Namespace) -> None:
 
 def _validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("submission", type=Path, help="the submission CSV")
-    parser.add_argument("--images", required=True, type=Path, help="the test images folder")
+    parser.add_argument("--images", type=Path, help="the test images folder (task hpa2021-cells)")
     parser.add_argument("--table", required=True, type=Path, help="sample_submission.csv (the test IDs)")
     parser.add_argument("--report", type=Path, help="also write the report here (JSON)")
+    parser.add_argument(
+        "--task",
+        default="hpa2021-cells",
+        choices=("hpa2021-cells", "hpa2018-images"),
+        help="hpa2021-cells: masks and sizes per cell; hpa2018-images: Id,Predicted with classes 0..27",
+    )
 
 
 @subcommand(
@@ -517,9 +550,14 @@ def _validate(args: argparse.Namespace) -> None:
     import json
 
     from hpa_pipeline.io.files import write_text_atomic
-    from hpa_pipeline.submit.validation import check_submission
+    from hpa_pipeline.submit.validation import check_submission, check_submission_2018
 
-    report = check_submission(args.submission, args.images, args.table)
+    if args.task == "hpa2018-images":
+        report = check_submission_2018(args.submission, args.table)
+    elif args.images is None:
+        raise PipelineError("validate-submission: --images is required for task hpa2021-cells")
+    else:
+        report = check_submission(args.submission, args.images, args.table)
     log.info("valid: %s", report.to_dict())
     if args.report:
         write_text_atomic(args.report, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -552,6 +590,94 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.out_json,
         args.out_tsv,
         args.test_masks,
+        args.seed,
+    )
+
+
+def _fit_thresholds_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--oof", required=True, type=Path, nargs="+", help="the submission members' oof.zarr")
+    parser.add_argument("--index", required=True, type=Path, nargs="+", help="index.csv of each training dataset")
+    parser.add_argument("--folds", required=True, type=Path, nargs="+", help="folds CSV of each training dataset")
+    parser.add_argument("--task", default="hpa2021-cells", choices=("hpa2021-cells", "hpa2018-images"))
+    parser.add_argument("--method", default="f1", choices=("f1", "label_ratio", "fixed"))
+    parser.add_argument("--value", type=float, default=0.5, help="the threshold of method fixed")
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand("fit-thresholds", "fit one threshold per class on out-of-fold image predictions", _fit_thresholds_arguments)
+def _fit_thresholds(args: argparse.Namespace) -> None:
+    from hpa_pipeline.submit.thresholds import fit_threshold_file
+
+    fit_threshold_file(args.oof, args.index, args.folds, args.out, args.task, args.method, args.value)
+
+
+def _image_predictions_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--predictions", required=True, type=Path, nargs="+", help="test.zarr of every member/fold")
+    parser.add_argument("--index", required=True, type=Path, help="the test index (row order)")
+    parser.add_argument("--thresholds", required=True, type=Path, help="results/thresholds.csv")
+    parser.add_argument("--task", default="hpa2021-cells", choices=("hpa2021-cells", "hpa2018-images"))
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand(
+    "image-predictions",
+    "average the test image probabilities and apply the per-class thresholds",
+    _image_predictions_arguments,
+)
+def _image_predictions(args: argparse.Namespace) -> None:
+    from hpa_pipeline.submit.image_predictions import make_image_predictions
+
+    make_image_predictions(args.predictions, args.index, args.thresholds, args.out, args.task)
+
+
+def _submit_images_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-predictions", required=True, type=Path, help="results/image_predictions.csv")
+    parser.add_argument("--table", required=True, type=Path, help="sample_submission.csv (Id,Predicted)")
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand(
+    "submit-images", "write the 2018 submission (Id,Predicted) from the image predictions", _submit_images_arguments
+)
+def _submit_images(args: argparse.Namespace) -> None:
+    from hpa_pipeline.submit.image_predictions import make_submission_2018
+
+    make_submission_2018(args.image_predictions, args.table, args.out)
+
+
+def _evaluate_images_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", nargs=3, action="append", default=[], metavar=("NAME", "STAGE", "OOF"))
+    parser.add_argument("--ensemble", nargs=3, action="append", default=[], metavar=("NAME", "STAGE", "OOF"))
+    parser.add_argument("--members", type=Path, nargs="*", default=[], help="the submission members' oof.zarr")
+    parser.add_argument("--index", required=True, type=Path, nargs="+", help="index.csv of each training dataset")
+    parser.add_argument("--folds", required=True, type=Path, nargs="+", help="folds CSV of each training dataset")
+    parser.add_argument("--thresholds", required=True, type=Path)
+    parser.add_argument("--image-predictions", required=True, type=Path)
+    parser.add_argument("--truth", required=True, type=Path, help="the test images' labels (Id,Target)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-json", required=True, type=Path)
+    parser.add_argument("--out-tsv", required=True, type=Path)
+
+
+@subcommand(
+    "evaluate-images",
+    "macro F1 of models, ensembles and the submission of the image-level task, with references",
+    _evaluate_images_arguments,
+)
+def _evaluate_images(args: argparse.Namespace) -> None:
+    from hpa_pipeline.submit.evaluation_images import evaluate_images_run
+
+    evaluate_images_run(
+        {name: (int(stage), Path(path)) for name, stage, path in args.model},
+        {name: (int(stage), Path(path)) for name, stage, path in args.ensemble},
+        args.members,
+        args.index,
+        args.folds,
+        args.thresholds,
+        args.image_predictions,
+        args.truth,
+        args.out_json,
+        args.out_tsv,
         args.seed,
     )
 

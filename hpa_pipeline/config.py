@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from hpa_pipeline.errors import ConfigError
+from hpa_pipeline.labels import TASK_CELLS, TASK_IMAGES
 from hpa_pipeline.settings import kind_only_settings, required_settings
 
 
@@ -55,6 +56,7 @@ def resolve_model(config: dict[str, Any], name: str) -> dict[str, Any]:
     settings["name"] = name
     settings["seed"] = config["seed"]
     settings["n_folds"] = config["folds"]["n_folds"]
+    settings["task"] = task_of(config)
     return settings
 
 
@@ -80,6 +82,10 @@ def check_config(config: dict[str, Any]) -> None:
     Raises:
         ConfigError: naming the offending key and what it should be.
     """
+    if task_of(config) == TASK_IMAGES:
+        _check_image_task(config)
+        return
+    _check_cell_task(config)
     sizes = list(config["preprocess"]["image_sizes"])
     crop_sizes = list(config["preprocess"]["crop_image_sizes"])
     for size in crop_sizes:
@@ -228,3 +234,84 @@ def check_input_paths(config: dict[str, Any]) -> None:
                 f"truth_dir: {truth_dir} does not exist and no rule makes it (only demo_data writes one, into "
                 "input_dir/truth): remove truth_dir from the config unless you have per-cell truth for your images"
             )
+
+
+# ------------------------------------------------------------------------------------------- tasks
+
+#: Keys of the per-cell task that the image-level task has no use for (it has no cells).
+CELL_TASK_KEYS = (
+    "segment",
+    "preprocess.crop_image_sizes",
+    "preprocess.crop_size",
+    "submission.edge_area_threshold",
+    "submission.center_area_threshold",
+)
+
+
+def task_of(config: dict[str, Any]) -> str:
+    """The config's task: ``hpa2021-cells`` (the default) or ``hpa2018-images``."""
+    return config.get("task") or TASK_CELLS
+
+
+def _lookup(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _check_cell_task(config: dict[str, Any]) -> None:
+    """The per-cell task needs segmentation, crops and area thresholds, and CAM heads on whole images."""
+    for key in CELL_TASK_KEYS:
+        if _lookup(config, key) is None:
+            raise ConfigError(f"{key} is required by task {TASK_CELLS}")
+    for name in config.get("models") or {}:
+        settings = resolve_model(config, name)
+        if settings.get("head", "cam") != "cam":
+            raise ConfigError(
+                f"models.{name}.head: {settings['head']} gives no class activation map, and task {TASK_CELLS} "
+                "pools the CAM over each cell; use head cam (gap_gmp is for task hpa2018-images)"
+            )
+        if settings.get("tta_crops"):
+            raise ConfigError(
+                f"models.{name}.tta_crops: task {TASK_CELLS} predicts cells on the whole image; "
+                "random-crop TTA is for task hpa2018-images (use tta: 1..8 D4 views)"
+            )
+        _check_swa(settings, f"models.{name}")
+
+
+def _check_image_task(config: dict[str, Any]) -> None:
+    """The image-level task: no segmentation, masks or crops; image models on whole images only."""
+    for key in CELL_TASK_KEYS:
+        if _lookup(config, key) is not None:
+            raise ConfigError(f"{key}: task {TASK_IMAGES} has no cells (no segmentation, masks or crops); remove it")
+    if (config.get("demo_data") or {}).get("empty_test_images"):
+        raise ConfigError(f"demo_data.empty_test_images: task {TASK_IMAGES} has no cells, so no image without cells")
+    sizes = list(config["preprocess"]["image_sizes"])
+    models = config.get("models") or {}
+    for name in models:
+        settings = resolve_model(config, name)
+        where = f"models.{name}"
+        if settings["kind"] != "image":
+            raise ConfigError(
+                f"{where}.kind: {settings['kind']} models classify cell crops; task {TASK_IMAGES} has none"
+            )
+        if settings.get("pseudo_labels"):
+            raise ConfigError(f"{where}.pseudo_labels: pseudo labels are per-cell targets; task {TASK_IMAGES} has none")
+        if "consistency_weight" in settings:
+            raise ConfigError(
+                f"{where}.consistency_weight (on the model or in model_defaults.image): the cell consistency "
+                f"loss needs cells; task {TASK_IMAGES} has none"
+            )
+        _check_swa(settings, where)
+    _check_models(config, sizes, [])
+
+
+def _check_swa(settings: dict[str, Any], where: str) -> None:
+    swa = settings.get("swa")
+    if swa and "epochs" in settings and swa["start_epoch"] > settings["epochs"]:
+        raise ConfigError(
+            f"{where}.swa.start_epoch {swa['start_epoch']} is after its last epoch ({settings['epochs']})"
+        )

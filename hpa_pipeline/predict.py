@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from hpa_pipeline.errors import ConfigError, InputDataError
-from hpa_pipeline.io.cells import read_cell_table
+from hpa_pipeline.io.cells import CellTable, read_cell_table
 from hpa_pipeline.io.folds import read_labelled_images
 from hpa_pipeline.io.index import index_keys, read_index
 from hpa_pipeline.io.predictions import (
@@ -25,13 +26,15 @@ from hpa_pipeline.io.predictions import (
 )
 from hpa_pipeline.nets.devices import claim_device, configure_threads
 from hpa_pipeline.nets.models import create_model
-from hpa_pipeline.nets.tta import predict_rows
+from hpa_pipeline.nets.tta import combine_views, predict_rows
 from hpa_pipeline.settings import ModelData, ModelSettings
 
 log = logging.getLogger(__name__)
 
 #: Settings that define the architecture: a checkpoint only fits a model built with the same ones.
-ARCHITECTURE = ("kind", "backbone", "cosine_head", "instance_norm_input")
+ARCHITECTURE = ("kind", "backbone", "cosine_head", "instance_norm_input", "head", "task")
+#: What a checkpoint written before a setting existed was trained with.
+ARCHITECTURE_DEFAULTS = {"head": "cam", "task": "hpa2021-cells"}
 
 
 def load_trained_model(checkpoint: Path, settings: ModelSettings, device: torch.device) -> torch.nn.Module:
@@ -40,17 +43,23 @@ def load_trained_model(checkpoint: Path, settings: ModelSettings, device: torch.
         raise InputDataError(f"missing model checkpoint {checkpoint}")
     state = torch.load(checkpoint, map_location=device, weights_only=False)
     trained = state.get("settings", {})
-    different = [key for key in ARCHITECTURE if trained.get(key) != getattr(settings, key)]
+
+    def trained_with(key: str) -> object:
+        return trained.get(key, ARCHITECTURE_DEFAULTS.get(key))
+
+    different = [key for key in ARCHITECTURE if trained_with(key) != getattr(settings, key)]
     if different:
         raise ConfigError(
             f"{checkpoint} was trained with other {', '.join(different)} "
-            f"({', '.join(f'{k}={trained.get(k)!r}' for k in different)}); retrain it"
+            f"({', '.join(f'{k}={trained_with(k)!r}' for k in different)}); retrain it"
         )
     model = create_model(
         settings.kind,
         settings.backbone,
         cosine_head=settings.cosine_head,
         instance_norm_input=settings.instance_norm_input,
+        num_classes=settings.n_classes,
+        head=settings.head,
     )
     model.load_state_dict(state["model"])
     return model.to(device).eval()
@@ -76,9 +85,12 @@ def predict_split(
         fold: the held-out fold, or None for the test set.
     """
     configure_threads(threads)
-    cells = read_cell_table(data.cells_paths).identity()
+    if settings.image_level:
+        cells = _no_cells(data.index_paths)
+    else:
+        cells = read_cell_table(data.cells_paths).identity()
     if fold is not None:
-        images = read_labelled_images(data.index_paths, data.folds_paths)
+        images = read_labelled_images(data.index_paths, data.folds_paths, settings.n_classes)
         if images.image_keys() != cells.image_keys():
             raise InputDataError("the cell tables do not list the training images in index order (rebuild them)")
         rows = np.flatnonzero(images.folds == fold)
@@ -86,17 +98,31 @@ def predict_split(
         rows = np.arange(len(cells.ids))
     with claim_device(device) as claim:
         model = load_trained_model(checkpoint, settings, claim.torch_device)
-        arrays = data.open_arrays(settings.kind)
-        predictions = predict_rows(model, settings, rows, cells, settings.tta, desc="predict", **arrays)
+        arrays = data.open_arrays(settings.kind, settings.task)
+        n_tta = settings.tta_crops if settings.image_level and settings.tta_crops else settings.tta
+        predictions = predict_rows(
+            model, settings, rows, cells, settings.tta, desc="predict", random_crops=True, **arrays
+        )
+        predictions = combine_views(predictions, settings.tta_combine)
     write_predictions(
         out_path,
         predictions,
         model=settings.name,
         fold=-1 if fold is None else fold,
         split="valid" if fold is not None else "test",
-        tta=settings.tta,
+        tta=n_tta,
+        tta_combine=settings.tta_combine,
     )
     log.info("%d images, %d cells -> %s", len(predictions.ids), predictions.n_cells, out_path)
+
+
+def _no_cells(index_paths: Sequence[Path]) -> CellTable:
+    """The image-level task's cell table: the indexes' images in order, none of them with cells."""
+    if not index_paths:
+        raise InputDataError("the image-level task reads the images' order from index tables, but none were given")
+    index = pd.concat([read_index(path) for path in index_paths], ignore_index=True)
+    ids, datasets = index["ID"].tolist(), index["dataset"].tolist()
+    return CellTable(ids, np.zeros(len(ids) + 1, np.int64), np.zeros(0, np.int32), datasets=datasets)
 
 
 def concat_folds(

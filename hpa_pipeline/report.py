@@ -60,6 +60,9 @@ def plot_stage_metrics(metrics_tsv: Path, out_path: Path) -> None:
     """Cell-level mAP of every model and ensemble (out-of-fold) and of the submission, by stage, with the
     chance and ceiling references of each split as horizontal lines."""
     table = pd.read_csv(metrics_tsv, sep="\t", dtype={"stage": str}, keep_default_na=False)
+    # the task's metric: cell_map (hpa2021-cells), or macro_f1_fitted (hpa2018-images: F1 at the thresholds)
+    metric = "cell_map" if "cell_map" in table else "macro_f1_fitted"
+    table = table.rename(columns={metric: "cell_map"})
     references = table[table["what"] == "reference"]
     table = table[table["what"] != "reference"].astype({"stage": int})
     table = table.sort_values(["stage", "what", "name"], kind="stable")
@@ -74,7 +77,7 @@ def plot_stage_metrics(metrics_tsv: Path, out_path: Path) -> None:
         ha="right",
         fontsize=7,
     )
-    axis.set_ylabel("cell mAP (IoU 0.6)")
+    axis.set_ylabel("cell mAP (IoU 0.6)" if metric == "cell_map" else "image macro F1 (fitted thresholds)")
     # the metric of the weakest row sets the floor: differences between stages are a few points
     lowest = min([*table["cell_map"], *references["cell_map"]], default=0.0)
     axis.set_ylim(max(0.0, np.floor(lowest * 10 - 1) / 10), 1.02)

@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from hpa_pipeline.errors import ConfigError, InputDataError
+from hpa_pipeline.labels import TASK_CELLS, TASK_IMAGES, TASKS
 
 #: Keys the workflow adds to a model's own settings (they are not config keys of a model).
-RESOLVED_KEYS = ("name", "seed", "n_folds")
+RESOLVED_KEYS = ("name", "seed", "n_folds", "task")
+
+#: The losses a model may combine (``loss: {name: weight}``); see :mod:`hpa_pipeline.train.losses`.
+LOSS_NAMES = ("bce", "focal", "lovasz_hinge", "hard_example")
 
 
 def _setting(schema: dict[str, Any], default: Any = dataclasses.MISSING, kind: str | None = None) -> Any:
@@ -45,6 +49,7 @@ class ModelSettings:
     lr: float = _setting({"type": "number", "exclusiveMinimum": 0})
     seed: int = _setting({"type": "integer", "minimum": 0}, 0)
     n_folds: int = _setting({"type": "integer", "minimum": 2}, 5)
+    task: str = _setting({"enum": list(TASKS)}, TASK_CELLS)
     crop_size: int | None = _setting(
         {"type": "integer", "minimum": 32, "description": "random training crop of image models"}, None, "image"
     )
@@ -73,6 +78,70 @@ class ModelSettings:
         {"type": "boolean", "description": "channels-last model and inputs on CUDA (no effect on the CPU)"}, True
     )
     compile: bool = _setting({"type": "boolean", "description": "torch.compile the training step's model"}, False)
+    head: str = _setting(
+        {
+            "enum": ["cam", "gap_gmp"],
+            "description": "cam: class activation map (image logit = its mean); gap_gmp: concatenated average "
+            "and max pooling, then two FC layers (image-level task only)",
+        },
+        "cam",
+        "image",
+    )
+    loss: dict | None = _setting(
+        {
+            "type": ["object", "null"],
+            "description": "weighted sum of losses on the image labels (image models) or cell targets (cell "
+            "models); null: the original's (focal for image models, BCE for cell models)",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "properties": {name: {"type": "number", "minimum": 0} for name in LOSS_NAMES},
+        },
+        None,
+    )
+    hard_example_k: int = _setting(
+        {"type": "integer", "minimum": 1, "description": "hard_example loss: the k hardest positives and negatives"},
+        8,
+    )
+    tta_crops: int | None = _setting(
+        {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "description": "predict N random crop_size crops per image instead of D4 views (image-level task)",
+        },
+        None,
+        "image",
+    )
+    tta_combine: str = _setting(
+        {"enum": ["mean", "max"], "description": "how the TTA views (or crops) of an image are combined"}, "mean"
+    )
+    swa: dict | None = _setting(
+        {
+            "type": ["object", "null"],
+            "description": "average the weights of the epochs start_epoch, start_epoch + every, ... (1-based); "
+            "BatchNorm statistics recomputed on the training data; the average is final.pt",
+            "additionalProperties": False,
+            "required": ["start_epoch"],
+            "properties": {
+                "start_epoch": {"type": "integer", "minimum": 1},
+                "every": {"type": "integer", "minimum": 1, "description": "default 1: every epoch"},
+            },
+        },
+        None,
+    )
+    lr_steps: list | None = _setting(
+        {
+            "type": ["array", "null"],
+            "description": "step schedule instead of the cosine: [[epoch, lr], ...], lr from that (0-based) epoch on",
+            "items": {
+                "type": "array",
+                "prefixItems": [{"type": "integer", "minimum": 0}, {"type": "number", "exclusiveMinimum": 0}],
+                "minItems": 2,
+                "maxItems": 2,
+            },
+            "minItems": 1,
+        },
+        None,
+    )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelSettings:
@@ -93,6 +162,8 @@ class ModelSettings:
             raise ConfigError(f"model {settings.name!r}: kind {settings.kind!r} is neither 'image' nor 'cell'")
         if settings.kind == "image" and not settings.crop_size:
             raise ConfigError(f"model {settings.name!r}: image models need a crop_size")
+        if settings.task == TASK_IMAGES and settings.kind != "image":
+            raise ConfigError(f"model {settings.name!r}: the {TASK_IMAGES} task has image models only")
         return settings
 
     @classmethod
@@ -113,6 +184,18 @@ class ModelSettings:
     @property
     def eval_batch_size(self) -> int:
         return self.predict_batch_size or 2 * self.batch_size
+
+    @property
+    def n_classes(self) -> int:
+        """The task's number of classes."""
+        from hpa_pipeline.labels import n_classes
+
+        return n_classes(self.task)
+
+    @property
+    def image_level(self) -> bool:
+        """True in the image-level task: no cells, masks or crops; predictions are per image only."""
+        return self.task == TASK_IMAGES
 
 
 def required_settings() -> list[str]:
@@ -152,10 +235,17 @@ MODEL_STORES: dict[str, tuple[tuple[str, str, str], ...]] = {
 }
 
 
-def model_stores(kind: str) -> list[str]:
-    """Names of the stores (``images``, ``masks``, ``crops``) a model of ``kind`` reads, besides ``cells``."""
+def model_stores(kind: str, task: str = TASK_CELLS) -> list[str]:
+    """Names of the stores (``images``, ``masks``, ``crops``) a model of ``kind`` reads, besides ``cells``.
+
+    In the image-level task (``hpa2018-images``) there are no cells: image models read the images only.
+    """
     if kind not in MODEL_STORES:
         raise ConfigError(f"model kind {kind!r} is neither 'image' nor 'cell'")
+    if task == TASK_IMAGES:
+        if kind != "image":
+            raise ConfigError(f"the {TASK_IMAGES} task has image models only, not {kind} models")
+        return ["images"]
     return [name for name, _, _ in MODEL_STORES[kind]]
 
 
@@ -184,13 +274,15 @@ class ModelData:
             *extra,
         ]
 
-    def open_arrays(self, kind: str) -> dict:
+    def open_arrays(self, kind: str, task: str = TASK_CELLS) -> dict:
         """The per-image or per-cell arrays a model of ``kind`` reads, as ``ShardedArray`` by store name."""
         from hpa_pipeline.io.stores import ShardedArray
 
-        model_stores(kind)
+        wanted = model_stores(kind, task)
         arrays = {}
         for name, store_kind, array in MODEL_STORES[kind]:
+            if name not in wanted:
+                continue
             paths = getattr(self, f"{name}_paths")
             if not paths:
                 raise InputDataError(f"a {kind} model reads {name} stores, but none were given (--{name})")

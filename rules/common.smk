@@ -12,6 +12,7 @@ from hpa_pipeline.config import (
     model_stage,
     resolve_model,
     settings_json,
+    task_of,
     train_datasets,
 )
 from hpa_pipeline.errors import ConfigError
@@ -29,11 +30,15 @@ INPUT_DIR = config["input_dir"].rstrip("/")
 TRAIN_DATASETS = train_datasets(config)
 DATASETS = TRAIN_DATASETS + ["test"]
 EXTRA_SETS = config.get("extra_train_sets") or {}
+# hpa2021-cells (per-cell predictions) or hpa2018-images (image labels only: no segmentation, masks or crops)
+TASK = task_of(config)
+IMAGE_TASK = TASK == "hpa2018-images"
 IMAGE_SIZES = [int(size) for size in config["preprocess"]["image_sizes"]]
-CROP_IMAGE_SIZES = [int(size) for size in config["preprocess"]["crop_image_sizes"]]
-SEGMENT_GPU = 1 if config["segment"]["backend"] == "hpacellseg" else 0
+CROP_IMAGE_SIZES = [int(size) for size in config["preprocess"].get("crop_image_sizes", [])]
+SEGMENT_BACKEND = (config.get("segment") or {}).get("backend", "classical")
+SEGMENT_GPU = 1 if SEGMENT_BACKEND == "hpacellseg" else 0
 # only the hpacellseg backend needs the environment that installs HPA's package (from GitHub)
-SEGMENT_ENV = "../envs/segment.yaml" if config["segment"]["backend"] == "hpacellseg" else "../envs/pipeline.yaml"
+SEGMENT_ENV = "../envs/segment.yaml" if SEGMENT_BACKEND == "hpacellseg" else "../envs/pipeline.yaml"
 MODELS = config.get("models") or {}
 ENSEMBLES = config.get("ensembles") or {}
 SUBMISSION = config["submission"]
@@ -192,7 +197,7 @@ def segment_source_option(wildcards):
 
 
 def hpacellseg_options():
-    if config["segment"]["backend"] != "hpacellseg":
+    if SEGMENT_BACKEND != "hpacellseg":
         return ""
     weights = config["segment"]["hpacellseg"]
     return (
@@ -212,6 +217,8 @@ def hash_options(wildcards, input):
 
 def preprocess_outputs():
     outputs = [DUPLICATE_GROUPS] if DUPLICATES else []
+    if IMAGE_TASK:
+        return outputs + [path for size in IMAGE_SIZES for path in all_shards(images_store, DATASETS, size)]
     for dataset in DATASETS:
         for shard in shards(dataset):
             outputs.append(cells_store(dataset, shard))
@@ -263,8 +270,9 @@ MODEL_STORE_PATHS = {"images": images_store, "masks": resized_masks_store, "crop
 def model_data(model, datasets):
     """The stores a model reads for the given datasets: the cell tables and what its kind needs."""
     settings = model_settings(model)
-    data = {"cells": all_shards(cells_store, datasets)}
-    for name in model_stores(settings["kind"]):
+    # the image-level task has no cell tables: its image models read the images only
+    data = {} if IMAGE_TASK else {"cells": all_shards(cells_store, datasets)}
+    for name in model_stores(settings["kind"], TASK):
         data[name] = all_shards(MODEL_STORE_PATHS[name], datasets, settings["image_size"])
     return data
 
@@ -290,6 +298,8 @@ def training_inputs(wildcards):
 
 
 def test_inputs(wildcards):
+    if IMAGE_TASK:  # without cell tables, the test index gives the images' order
+        return {"index": [index_csv("test")], **model_data(wildcards.model, ["test"])}
     return model_data(wildcards.model, ["test"])
 
 
@@ -322,6 +332,13 @@ SUBMISSION_CHECK = "results/submission_check.json"
 METRICS_JSON = "results/metrics.json"
 METRICS_TSV = "results/metrics.tsv"
 METRICS_PLOT = "results/report/metrics.png"
+THRESHOLDS_CSV = "results/thresholds.csv"
+IMAGE_PREDICTIONS_CSV = "results/image_predictions.csv"
+THRESHOLDS = config.get("thresholds") or {"method": "f1", "value": 0.5}
+
+
+def member_oofs():
+    return [oof_store(model) for model in SUBMISSION["members"]]
 
 
 def training_plot(model):
@@ -333,9 +350,10 @@ def segmentation_plot(dataset):
 
 
 def submission_outputs():
-    outputs = [SUBMISSION_CSV, SUBMISSION_CHECK]
+    outputs = [SUBMISSION_CSV, SUBMISSION_CHECK, IMAGE_PREDICTIONS_CSV]
     outputs += [training_plot(model) for model in MODELS]
-    outputs += [segmentation_plot(dataset) for dataset in DATASETS]
+    if not IMAGE_TASK:
+        outputs += [segmentation_plot(dataset) for dataset in DATASETS]
     if TRUTH_DIR:
         outputs += [METRICS_JSON, METRICS_TSV, METRICS_PLOT]
     return outputs

@@ -20,6 +20,7 @@ if config.get("demo_data"):
             empty_test_images=config["demo_data"]["empty_test_images"],
             n_public=config["demo_data"].get("n_public", 0),
             seed=config["seed"],
+            task=TASK,
         log:
             "logs/make_demo_data/make_demo_data.log",
         benchmark:
@@ -31,7 +32,7 @@ if config.get("demo_data"):
             "--n-test {params.n_test} --image-size {params.image_size} "
             "--cells-per-image {params.cells_per_image} --empty-test-images {params.empty_test_images} "
             "--n-public {params.n_public} "
-            "--seed {params.seed} > {log} 2>&1"
+            "--seed {params.seed} --task {params.task} > {log} 2>&1"
 
 
 rule download_extra_set:
@@ -68,6 +69,7 @@ rule index_images:
         images=lambda wildcards: image_dir(wildcards.dataset),
         kind=lambda wildcards: index_kind(wildcards.dataset),
         shards=lambda wildcards: n_shards(wildcards.dataset),
+        task=TASK,
     log:
         "logs/index_images/{dataset}.log",
     benchmark:
@@ -76,7 +78,8 @@ rule index_images:
         "../envs/pipeline.yaml"
     shell:
         "hpa-pipeline index --images {params.images} --table {input.table} --kind {params.kind} "
-        "--dataset {wildcards.dataset} --disjoint-from {input.others} --shards {params.shards} --out {output} > {log} 2>&1"
+        "--dataset {wildcards.dataset} --disjoint-from {input.others} --shards {params.shards} --task {params.task} "
+        "--out {output} > {log} 2>&1"
 
 
 rule hash_images:

@@ -31,8 +31,8 @@ rule segment:
     params:
         source_option=segment_source_option,
         scale_factor=lambda wildcards: segment_settings(wildcards.dataset)["scale_factor"],
-        backend=config["segment"]["backend"],
-        device=config["segment"]["device"],
+        backend=SEGMENT_BACKEND,
+        device=(config.get("segment") or {}).get("device", "auto"),
         weights=hpacellseg_options(),
     threads: 1
     resources:
@@ -77,7 +77,7 @@ rule crop_cells:
     output:
         directory(crops_store("{dataset}", "{size}", "{shard}")),
     params:
-        crop_size=config["preprocess"]["crop_size"],
+        crop_size=config["preprocess"].get("crop_size"),
     log:
         "logs/crop_cells/{dataset}-{size}-{shard}.log",
     benchmark:

@@ -17,6 +17,7 @@ rule make_folds:
             f"{dataset}={folds_csv(dataset)}" for dataset in earlier_train_datasets(wildcards.dataset)
         ),
         drop=" --drop-test-duplicates" if DUPLICATES.get("drop_test_duplicates") else "",
+        task=TASK,
     log:
         "logs/make_folds/{dataset}.log",
     benchmark:
@@ -25,7 +26,8 @@ rule make_folds:
         "../envs/pipeline.yaml"
     shell:
         "hpa-pipeline folds --index {input.index} --n-folds {params.n_folds} --seed {params.seed} "
-        "{params.duplicates} --earlier-folds {params.earlier}{params.drop} --out {output} > {log} 2>&1"
+        "{params.duplicates} --earlier-folds {params.earlier}{params.drop} --task {params.task} --out {output} "
+        "> {log} 2>&1"
 
 
 rule train_model:

@@ -103,3 +103,70 @@ def test_download_settings_fill_in_the_defaults(demo_config):
     settings = download_settings(demo_config, "pubhpa")
     assert settings["tsv"] == "resources/demo_data/public_hpa/kaggle_2021.tsv" and settings["workers"] == 2
     assert settings["format"] == "tif" and settings["limit"] is None
+
+
+# ------------------------------------------------------------------------------------------- tasks
+
+
+@pytest.fixture
+def demo_2018_config() -> dict:
+    return yaml.safe_load((REPO / "configs" / "demo_2018.yaml").read_text())
+
+
+def test_the_2018_demo_and_recipe_pass_and_their_models_get_the_task(demo_2018_config):
+    check_config(demo_2018_config)
+    recipe = yaml.safe_load((REPO / "workflow_2018.yaml").read_text())
+    check_config(recipe)
+    densenet = ModelSettings.from_dict(resolve_model(recipe, "densenet121_1536"))
+    assert (densenet.head, densenet.tta_crops, densenet.tta_combine, densenet.crop_size) == ("gap_gmp", 4, "max", 1024)
+    settings = ModelSettings.from_dict(resolve_model(demo_2018_config, "resnet_gapgmp"))
+    assert settings.task == "hpa2018-images" and settings.n_classes == 28 and settings.image_level
+    assert (
+        ModelSettings.from_dict(
+            resolve_model(yaml.safe_load((REPO / "configs/demo.yaml").read_text()), "cam_effnet_192")
+        ).n_classes
+        == 19
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("models.effnet_cam.kind", "cell", "models.effnet_cam.kind: cell models classify cell crops"),
+        ("models.effnet_cam.pseudo_labels", "both", "models.effnet_cam.pseudo_labels: pseudo labels are per-cell"),
+        (
+            "models.effnet_cam.consistency_weight",
+            1.0,
+            r"models.effnet_cam.consistency_weight \(on the model .*\): the cell",
+        ),
+        ("segment", {"backend": "classical", "inputs": {}}, "segment: task hpa2018-images has no cells"),
+        ("preprocess.crop_size", 48, "preprocess.crop_size: task hpa2018-images has no cells"),
+        ("preprocess.crop_image_sizes", [128], "preprocess.crop_image_sizes: task hpa2018-images"),
+        ("submission.edge_area_threshold", 5000, "submission.edge_area_threshold: task hpa2018-images"),
+        ("demo_data.empty_test_images", 1, "demo_data.empty_test_images: task hpa2018-images has no cells"),
+        ("models.effnet_cam.swa", {"start_epoch": 9}, "models.effnet_cam.swa.start_epoch 9 is after its last epoch"),
+        ("models.effnet_cam.image_size", 64, "models.effnet_cam.image_size: 64 is not one of preprocess.image_sizes"),
+    ],
+)
+def test_settings_that_make_no_sense_for_the_2018_task_name_the_key(demo_2018_config, path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(edit(demo_2018_config, path, value))
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("models.cam_effnet_192.head", "gap_gmp", "models.cam_effnet_192.head: gap_gmp gives no class activation"),
+        ("models.cam_effnet_192.tta_crops", 4, "models.cam_effnet_192.tta_crops: task hpa2021-cells predicts"),
+        ("models.cell_resnet_192_stage2.head", "cam", "models.cell_resnet_192_stage2: head only apply to image"),
+    ],
+)
+def test_settings_that_make_no_sense_for_the_2021_task_name_the_key(demo_config, path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(edit(demo_config, path, value))
+
+
+def test_the_2021_task_requires_its_cell_keys(demo_config):
+    del demo_config["segment"]
+    with pytest.raises(ConfigError, match="segment is required by task hpa2021-cells"):
+        check_config(demo_config)

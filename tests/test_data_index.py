@@ -56,3 +56,34 @@ def test_an_index_without_dataset_column_asks_for_a_rebuild(tmp_path):
     (tmp_path / "index.csv").write_text("ID,shard,Label\na,0,1\n")
     with pytest.raises(InputDataError, match="no dataset column.*rerun index_images"):
         read_index(tmp_path / "index.csv")
+
+
+def _dataset_2018(root, tiny_dataset):
+    """The tiny dataset's images with 2018-layout tables (Id,Target / Id,Predicted)."""
+    (tiny_dataset / "train.csv").write_text("Id,Target\n" + "".join(f"img{i},{i} 27\n" for i in range(5)))
+    (tiny_dataset / "sample_submission.csv").write_text("Id,Predicted\ntest0,0\ntest1,0\n")
+    return tiny_dataset
+
+
+def test_2018_index_has_the_same_columns_as_the_2021_one(tiny_dataset):
+    data = _dataset_2018(tiny_dataset, tiny_dataset)
+    index = build_index(data / "train", data / "train.csv", "train", n_shards=1, task="hpa2018-images")
+    assert index.columns.tolist() == ["ID", "shard", "Label", "dataset"] and index["Label"].tolist()[2] == "2|27"
+    test = build_index(data / "test", data / "sample_submission.csv", "test", n_shards=1, task="hpa2018-images")
+    assert test["ID"].tolist() == ["test0", "test1"]
+
+
+def test_2018_bad_inputs_name_the_file_and_row(tiny_dataset):
+    data = _dataset_2018(tiny_dataset, tiny_dataset)
+    (data / "train.csv").write_text("Id,Target\nimg0,1\nimg1,28\n")
+    with pytest.raises(InputDataError, match=r"train.csv row 3 \(Id img1\): unknown label '28'"):
+        build_index(data / "train", data / "train.csv", "train", n_shards=1, task="hpa2018-images")
+    (data / "train.csv").write_text("Id,Target\nimg0,1\nimg1,2\n")
+    (data / "train" / "img1_yellow.png").unlink()
+    with pytest.raises(
+        InputDataError, match=r"train.csv lists images whose files are missing: .*img1_yellow.png \(row 3\)"
+    ):
+        build_index(data / "train", data / "train.csv", "train", n_shards=1, task="hpa2018-images")
+    (data / "sample_submission.csv").write_text("Id,Predicted\ntest0,0\nghost,0\n")
+    with pytest.raises(InputDataError, match=r"sample_submission.csv lists .*ghost_red.png \(row 3\)"):
+        build_index(data / "test", data / "sample_submission.csv", "test", n_shards=1, task="hpa2018-images")

@@ -53,3 +53,34 @@ def test_train_table_keeps_file_order(tmp_path):
     table = read_train_table(path)
     assert table["ID"].tolist() == ["z", "a"]
     assert table["labels"].tolist() == [[1], [0, 18]]
+
+
+def test_the_tasks_have_their_class_names():
+    from hpa_pipeline.labels import class_names, n_classes
+
+    assert n_classes("hpa2021-cells") == 19 and n_classes("hpa2018-images") == 28
+    names = class_names("hpa2018-images")
+    assert names[0] == "Nucleoplasm" and names[18] == "Microtubule organizing center" and names[27] == "Rods & rings"
+    with pytest.raises(InputDataError, match="unknown task 'hpa2019'"):
+        class_names("hpa2019")
+
+
+def test_2018_train_table_reads_space_separated_targets_into_the_index_form(tmp_path):
+    from hpa_pipeline.labels import read_label_table
+
+    (tmp_path / "train.csv").write_text("Id,Target\na,16 0\nb,27\n")
+    table = read_label_table(tmp_path / "train.csv", "train", "hpa2018-images")
+    assert table["ID"].tolist() == ["a", "b"] and table["Label"].tolist() == ["16|0", "27"]
+    assert table["labels"].tolist() == [[16, 0], [27]]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [("b,28", r"train.csv row 3 \(Id b\): unknown label '28' in '28' \(classes are 0..27\)"), ("b,", "row 3 .*''")],
+)
+def test_2018_train_table_reports_bad_targets_with_file_and_row(tmp_path, row, message):
+    from hpa_pipeline.labels import read_train_table_2018
+
+    (tmp_path / "train.csv").write_text(f"Id,Target\na,1\n{row}\n")
+    with pytest.raises(InputDataError, match=message):
+        read_train_table_2018(tmp_path / "train.csv")

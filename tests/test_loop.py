@@ -189,3 +189,52 @@ def test_compiled_training_matches_eager_training(demo_stores, tmp_path):
     assert compiled.keys() == eager.keys()  # the checkpoint holds the plain model's names, not _orig_mod.*
     for key in eager:
         torch.testing.assert_close(compiled[key], eager[key], rtol=1e-3, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- the image-level task
+
+IMAGE_TASK_SETTINGS = dict(
+    IMAGE_SETTINGS,
+    name="gapgmp",
+    backbone="test_resnet",
+    task="hpa2018-images",
+    head="gap_gmp",
+    loss={"focal": 1.0, "lovasz_hinge": 0.5, "hard_example": 1.0},
+)
+
+
+def image_task_data(stores) -> ModelData:
+    """The demo stores' images, index and folds (their 19-class labels are valid 2018 labels); no cells."""
+    root = stores["root"]
+    return ModelData(
+        index_paths=[root / "train/index.csv"],
+        folds_paths=[root / "folds/train.csv"],
+        cells_paths=[],
+        images_paths=store_paths(stores, "train", "images_96"),
+    )
+
+
+def test_swa_of_the_last_epoch_only_keeps_its_weights_and_recomputes_batchnorm(demo_stores, tmp_path):
+    """Averaging one epoch's weights is those weights: only the BatchNorm statistics change."""
+    outputs = {}
+    for name, swa in (("plain", None), ("swa", {"start_epoch": 2, "every": 1})):
+        settings = ModelSettings.from_dict(dict(IMAGE_TASK_SETTINGS, swa=swa))
+        train_model(settings, 0, image_task_data(demo_stores), tmp_path / name, tmp_path / f"{name}-ckpt")
+        outputs[name] = torch.load(tmp_path / name / "final.pt", weights_only=False)["model"]
+    plain, averaged = outputs["plain"], outputs["swa"]
+    assert plain.keys() == averaged.keys() and any(key.startswith("head.") for key in plain)
+    statistics = [key for key in plain if key.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert statistics
+    for key in plain:
+        if key not in statistics:
+            assert torch.equal(plain[key], averaged[key]), key
+    assert any(not torch.equal(plain[key], averaged[key]) for key in statistics if "running" in key)
+    rows = list(csv.DictReader((tmp_path / "swa" / "metrics.csv").read_text().splitlines()))
+    assert rows[-1]["swa_epochs"] == "1" and rows[-1]["swa_valid_image_macro_f1"] != ""
+    assert "valid_cell_map" not in rows[-1] and "train_consistency_loss" not in rows[-1]
+    assert "swa" in torch.load(tmp_path / "swa-ckpt" / "last.pt", weights_only=False)  # resumable
+
+
+def test_image_task_refuses_cell_models():
+    with pytest.raises(ConfigError, match="image models only"):
+        ModelSettings.from_dict(dict(CELL_SETTINGS, task="hpa2018-images"))

@@ -149,3 +149,19 @@ def test_create_optimizer_by_name():
         create_optimizer("Adamm", params, lr=1e-3)
     with pytest.raises(ConfigError, match="Adam"):
         create_optimizer("Adam", params, lr=1e-3, no_such_argument=1)
+
+
+def test_gap_gmp_head_gives_image_logits_of_the_task():
+    from hpa_pipeline.nets.models import GapGmpClassifier, image_logits
+
+    model = create_model("image", "test_resnet", head="gap_gmp", num_classes=28).eval()
+    assert isinstance(model, GapGmpClassifier)
+    x = torch.randn(2, 4, 64, 64)
+    assert model(x).shape == (2, 28) and torch.equal(image_logits(model, x), model(x))
+    cam = create_model("image", "test_resnet", num_classes=28).eval()
+    assert image_logits(cam, x).shape == (2, 28)
+    assert torch.allclose(image_logits(cam, x), cam(x).mean(dim=(2, 3)))
+    # the head sees the concatenated average and max pooling: twice the backbone's features
+    assert model.head[2].in_features == 2 * model.backbone.num_features
+    with pytest.raises(ConfigError, match="unknown head 'gem'"):
+        create_model("image", "test_resnet", head="gem")

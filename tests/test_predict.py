@@ -104,3 +104,24 @@ def test_concat_folds_gives_canonical_order():
     fold1 = prediction_set({"a": [4, 5], "c": [2]})
     oof = concat_folds([fold0, fold1], [("train", image_id) for image_id in "abcd"])
     assert oof.ids == ["a", "b", "c", "d"] and oof.instance.tolist() == [4, 5, 1, 2]
+
+
+def test_image_task_predicts_images_only_with_random_crops_combined_by_max(demo_stores, tmp_path):
+    from test_loop import IMAGE_TASK_SETTINGS, image_task_data
+
+    from hpa_pipeline.io.predictions import read_predictions
+    from hpa_pipeline.predict import predict_split
+    from hpa_pipeline.settings import ModelSettings
+    from hpa_pipeline.train.loop import train_model
+
+    settings = ModelSettings.from_dict(dict(IMAGE_TASK_SETTINGS, epochs=1, tta_crops=3, tta_combine="max"))
+    data = image_task_data(demo_stores)
+    train_model(settings, 1, data, tmp_path / "model", tmp_path / "ckpt")
+    predict_split(settings, tmp_path / "model" / "final.pt", data, tmp_path / "valid.zarr", fold=1)
+    valid = read_predictions(tmp_path / "valid.zarr")
+    assert valid.n_cells == 0 and valid.probs.shape == (0, 28, 1)  # no cells; 3 crops -> their max
+    assert valid.image_probs.shape == (len(valid.ids), 28, 1) and len(valid.ids) > 0
+    mean = ModelSettings.from_dict(dict(IMAGE_TASK_SETTINGS, epochs=1, tta_crops=3))
+    predict_split(mean, tmp_path / "model" / "final.pt", data, tmp_path / "mean.zarr", fold=1)
+    crops = read_predictions(tmp_path / "mean.zarr").image_probs
+    assert crops.shape[2] == 3 and np.allclose(crops.max(axis=2), valid.image_probs[:, :, 0], atol=1e-6)

@@ -42,3 +42,11 @@ def test_set_lr_sets_every_group():
     optimizer = torch.optim.Adam([{"params": [a]}, {"params": [b], "lr": 5.0}], lr=1.0)
     set_lr(optimizer, 0.25)
     assert [g["lr"] for g in optimizer.param_groups] == [0.25, 0.25]
+
+
+def test_step_schedule_holds_each_lr_from_its_epoch_on():
+    from hpa_pipeline.train.schedule import step_lr
+
+    steps = [[0, 3e-4], [25, 1e-4], [30, 3e-5]]  # bestfitting's densenet121 schedule
+    assert [step_lr(epoch, steps) for epoch in (0, 24, 25, 29, 30, 40)] == [3e-4, 3e-4, 1e-4, 1e-4, 3e-5, 3e-5]
+    assert step_lr(0, [[5, 0.1], [2, 0.2]]) == 0.2  # before the first step: the first step's lr

@@ -32,13 +32,23 @@ def test_every_schema_setting_is_a_field_and_reaches_the_dataclass():
 
 def test_required_and_kind_only_settings_come_from_the_fields():
     assert required_settings() == ["kind", "backbone", "image_size", "epochs", "batch_size", "lr"]
-    assert kind_only_settings("cell") == {"crop_size", "focal_gamma", "consistency_weight", "hflip"}
+    assert kind_only_settings("cell") == {
+        "crop_size",
+        "focal_gamma",
+        "consistency_weight",
+        "hflip",
+        "head",
+        "tta_crops",
+    }
     assert kind_only_settings("image") == frozenset()
 
 
 def test_model_kind_decides_the_stores():
     assert model_stores("image") == ["images", "masks"]
     assert model_stores("cell") == ["crops"]
+    assert model_stores("image", "hpa2018-images") == ["images"]  # no cells, no masks in the image-level task
+    with pytest.raises(ConfigError, match="image models only"):
+        model_stores("cell", "hpa2018-images")
     with pytest.raises(ConfigError, match="'tile'"):
         model_stores("tile")
 

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 from conftest import PixelwiseCAM
 from torch import nn
@@ -82,3 +83,28 @@ def test_cell_crop_predictions_have_one_column_per_view():
     torch.testing.assert_close(probs[..., 0], first)
     torch.testing.assert_close(probs[..., 4], rotated)
     assert not math.isnan(float(probs.sum()))
+
+
+def test_random_crop_windows_are_seeded_and_inside_the_image():
+    from hpa_pipeline.nets.tta import crop_windows
+
+    windows = crop_windows(128, 96, 4, seed=0, row=3)
+    assert windows == crop_windows(128, 96, 4, seed=0, row=3) != crop_windows(128, 96, 4, seed=0, row=4)
+    assert all(0 <= top <= 32 and 0 <= left <= 32 for top, left in windows) and len(windows) == 4
+
+
+def test_views_are_combined_by_max_or_kept_for_the_mean():
+    import numpy as np
+
+    from hpa_pipeline.io.cells import CellTable
+    from hpa_pipeline.io.predictions import PredictionSet
+    from hpa_pipeline.nets.tta import combine_views
+
+    image_probs = np.array([[[0.1, 0.7, 0.4]], [[0.5, 0.2, 0.3]]], dtype=np.float32)  # 2 images, 1 class, 3 views
+    predictions = PredictionSet(
+        CellTable(["a", "b"], np.zeros(3, np.int64), np.zeros(0, np.int32), datasets=["test"] * 2),
+        np.zeros((0, 1, 3), np.float32),
+        image_probs,
+    )
+    assert combine_views(predictions, "max").image_probs[:, 0, 0].tolist() == pytest.approx([0.7, 0.5])
+    assert combine_views(predictions, "mean") is predictions  # averaged later, like every stage's views

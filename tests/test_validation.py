@@ -35,3 +35,16 @@ def test_a_missing_test_image_is_named(tiny_dataset, tmp_path):
     write_submission(tmp_path / "s.csv", [_row("test0", 96, 96, 1)])
     with pytest.raises(InputDataError, match="test1"):
         check_submission(tmp_path / "s.csv", tiny_dataset / "test", tiny_dataset / "sample_submission.csv")
+
+
+def test_a_2018_submission_is_checked_against_the_sample_submission(tmp_path):
+    from hpa_pipeline.errors import InputDataError
+    from hpa_pipeline.submit.validation import check_submission_2018
+
+    (tmp_path / "sample.csv").write_text("Id,Predicted\na,0\nb,0\n")
+    (tmp_path / "s.csv").write_text("Id,Predicted\nb,3 27\na,\n")
+    report = check_submission_2018(tmp_path / "s.csv", tmp_path / "sample.csv")
+    assert (report.images, report.labels, report.empty_images) == (2, 2, 1)
+    (tmp_path / "s.csv").write_text("Id,Predicted\nb,28\na,\n")
+    with pytest.raises(InputDataError, match=r"s.csv row 2 \(Id b\): class '28'"):
+        check_submission_2018(tmp_path / "s.csv", tmp_path / "sample.csv")

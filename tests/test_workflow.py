@@ -160,6 +160,8 @@ def test_changing_one_model_retrains_only_it_and_what_depends_on_it(demo_run):
         "predict_valid": folds,
         "concat_valid": 1,
         "predict_test": folds,
+        "fit_thresholds": 1,
+        "image_predictions": 1,
         "make_submission": 1,
         "validate_submission": 1,
         "evaluate": 1,
@@ -277,7 +279,7 @@ def test_bad_config_is_reported_before_anything_runs(tmp_path, changes, message)
 
 def test_workflow_lints_clean(tmp_path):
     workdir = copy_workflow(tmp_path)
-    for config in ("workflow_config.yaml", "configs/demo.yaml"):
+    for config in ("workflow_config.yaml", "configs/demo.yaml", "workflow_2018.yaml", "configs/demo_2018.yaml"):
         result = snakemake(workdir, "--lint", "--configfile", config)
         assert "Congratulations" in result.stdout + result.stderr
 

@@ -11,7 +11,17 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "workflow_config.yaml", "rules", "schemas", "envs", "configs", "profiles", "report")
+WORKFLOW_FILES = (
+    "Snakefile",
+    "workflow_config.yaml",
+    "workflow_2018.yaml",
+    "rules",
+    "schemas",
+    "envs",
+    "configs",
+    "profiles",
+    "report",
+)
 
 
 def copy_workflow(destination: Path) -> Path:

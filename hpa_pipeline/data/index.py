@@ -15,11 +15,16 @@ import pandas as pd
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import CHANNELS, IMAGE_SUFFIXES
 from hpa_pipeline.io.index import read_index
-from hpa_pipeline.labels import read_test_table, read_train_table
+from hpa_pipeline.labels import TASK_CELLS, read_label_table
 
 
 def build_index(
-    image_dir: str | Path, table_path: str | Path, kind: str, n_shards: int, dataset: str | None = None
+    image_dir: str | Path,
+    table_path: str | Path,
+    kind: str,
+    n_shards: int,
+    dataset: str | None = None,
+    task: str = TASK_CELLS,
 ) -> pd.DataFrame:
     """List a dataset's images in table order and assign each to a shard.
 
@@ -29,6 +34,8 @@ def build_index(
         kind: "train" (labelled) or "test".
         n_shards: number of shards; shard k holds a contiguous block of rows.
         dataset: the dataset's name (an extra set's config name); default: the kind.
+        task: the table layout and label set (``hpa2021-cells``: ``ID,Label``; ``hpa2018-images``:
+            ``Id,Target``); the index has the same columns for both.
 
     Returns:
         A table with columns ID, shard, Label ("" for test images), dataset.
@@ -38,16 +45,16 @@ def build_index(
         raise InputDataError(f"missing image folder {image_dir}")
     if n_shards < 1:
         raise InputDataError(f"number of shards must be at least 1, got {n_shards}")
-    table = read_train_table(table_path) if kind == "train" else read_test_table(table_path)
+    table = read_label_table(table_path, kind, task)
     available = set(os.listdir(image_dir))
     missing = [
-        f"{image_id}_{channel}.png"
-        for image_id in table["ID"]
+        (f"{image_id}_{channel}.png", row + 2)
+        for row, image_id in enumerate(table["ID"])
         for channel in CHANNELS
         if not any(f"{image_id}_{channel}{suffix}" in available for suffix in IMAGE_SUFFIXES)
     ]
     if missing:
-        shown = ", ".join(str(image_dir / name) for name in missing[:10])
+        shown = ", ".join(f"{image_dir / name} (row {row})" for name, row in missing[:10])
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         raise InputDataError(f"{table_path} lists images whose files are missing: {shown}{more}")
     n_images = len(table)

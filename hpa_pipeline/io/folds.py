@@ -16,7 +16,7 @@ import pandas as pd
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.files import atomic_file
 from hpa_pipeline.io.index import read_index
-from hpa_pipeline.labels import labels_to_matrix, parse_labels
+from hpa_pipeline.labels import N_CLASSES, labels_to_matrix, parse_labels
 
 
 def write_folds(path: str | Path, ids: Sequence[str], folds: np.ndarray, trainable: np.ndarray | None = None) -> None:
@@ -79,7 +79,7 @@ class LabelledImages:
 
     ids: list[str]
     datasets: list[str]
-    labels: np.ndarray  # (n, 19) float32 multi-hot
+    labels: np.ndarray  # (n, n_classes) float32 multi-hot
     folds: np.ndarray  # (n,) int64
     trainable: np.ndarray  # (n,) bool
 
@@ -88,12 +88,15 @@ class LabelledImages:
         return list(zip(self.datasets, self.ids, strict=True))
 
 
-def read_labelled_images(index_paths: Sequence[str | Path], folds_paths: Sequence[str | Path]) -> LabelledImages:
+def read_labelled_images(
+    index_paths: Sequence[str | Path], folds_paths: Sequence[str | Path], n_classes: int = N_CLASSES
+) -> LabelledImages:
     """Join the datasets' index tables (labels) with their fold tables.
 
     Args:
         index_paths: ``results/{dataset}/index.csv`` of each training dataset, in config order.
         folds_paths: ``results/folds/{dataset}.csv`` of the same datasets.
+        n_classes: the task's number of classes (19, or 28 for the 2018 task).
     """
     ids: list[str] = []
     datasets: list[str] = []
@@ -108,7 +111,8 @@ def read_labelled_images(index_paths: Sequence[str | Path], folds_paths: Sequenc
         ids += index["ID"].tolist()
         datasets += index["dataset"].tolist()
         labels += [
-            parse_labels(text, f"{index_path} (ID {image_id})") for image_id, text in zip(index["ID"], index["Label"])
+            parse_labels(text, f"{index_path} (ID {image_id})", n_classes)
+            for image_id, text in zip(index["ID"], index["Label"])
         ]
         folds.append(table["fold"].to_numpy(np.int64))
         trainable.append(table["trainable"].to_numpy(bool))
@@ -118,7 +122,7 @@ def read_labelled_images(index_paths: Sequence[str | Path], folds_paths: Sequenc
     return LabelledImages(
         ids,
         datasets,
-        labels_to_matrix(labels),
+        labels_to_matrix(labels, n_classes),
         np.concatenate(folds) if folds else np.zeros(0, np.int64),
         np.concatenate(trainable) if trainable else np.zeros(0, bool),
     )

@@ -122,6 +122,62 @@ class CAMClassifier(nn.Module):
         return self.head(features)
 
 
+class GapGmpClassifier(nn.Module):
+    """Image-level classifier with the 2018 solutions' head: global average and global max pooling of the
+    feature map, concatenated, then two fully connected layers (bestfitting's densenet recipe).
+
+    Args:
+        backbone: a timm model built with ``num_classes=0`` and 4 input channels, with a (B, F, h, w)
+            ``forward_features``.
+        num_classes: number of outputs.
+        hidden: width of the first FC layer.
+        dropout: dropout before each FC layer.
+        instance_norm_input: per-image, per-channel standardisation of the input (affine-free).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = N_CLASSES,
+        *,
+        hidden: int = 512,
+        dropout: float = 0.5,
+        instance_norm_input: bool = True,
+    ) -> None:
+        super().__init__()
+        self.input_norm: nn.Module = (
+            nn.InstanceNorm2d(IMAGE_IN_CHANS, affine=False) if instance_norm_input else nn.Identity()
+        )
+        self.backbone = backbone
+        n_features = int(backbone.num_features)
+        self.head = nn.Sequential(
+            nn.BatchNorm1d(2 * n_features),
+            nn.Dropout(dropout),
+            nn.Linear(2 * n_features, hidden),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(hidden),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 4, H, W) float images -> (B, num_classes) image logits."""
+        features = self.backbone.forward_features(self.input_norm(x))
+        if features.ndim != 4:
+            raise ConfigError(
+                f"backbone {type(self.backbone).__name__} returns features of shape {tuple(features.shape)}; "
+                "the gap_gmp head needs a convolutional backbone with a (B, F, h, w) feature map"
+            )
+        pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
+        return self.head(pooled)
+
+
+def image_logits(model: nn.Module, x: Tensor) -> Tensor:
+    """(B, C) image logits of an image model: the CAM's mean for the CAM head, the output of the others."""
+    out = model(x)
+    return out.mean(dim=(2, 3)) if out.ndim == 4 else out
+
+
 class CellClassifier(nn.Module):
     """Cell-crop classifier: instance norm on the raw 8-channel crop, timm backbone, linear head.
 
@@ -277,6 +333,7 @@ def create_model(
     cosine_head: bool = False,
     instance_norm_input: bool = True,
     num_classes: int = N_CLASSES,
+    head: str = "cam",
 ) -> nn.Module:
     """Build a CAM (``"image"``) or cell-crop (``"cell"``) model.
 
@@ -290,7 +347,8 @@ def create_model(
             1536 fine-tune); loaded after building, so pretrained weights are then not fetched.
         cosine_head: cosine head (scale init 20) instead of the plain one.
         instance_norm_input: affine-free instance norm on the input (both kinds; on in the original).
-        num_classes: number of classes.
+        num_classes: number of classes (19, or 28 for the 2018 task).
+        head: image models: ``cam`` (class activation map) or ``gap_gmp`` (pooled features, two FC layers).
 
     Returns:
         The model, in training mode, on the CPU.
@@ -307,7 +365,11 @@ def create_model(
     in_chans = IMAGE_IN_CHANS if kind == "image" else CELL_IN_CHANS
     body = _build_backbone(backbone, in_chans, pretrained, pretrained_file)
     model: nn.Module
-    if kind == "image":
+    if kind == "image" and head == "gap_gmp":
+        model = GapGmpClassifier(body, num_classes, instance_norm_input=instance_norm_input)
+    elif kind == "image":
+        if head != "cam":
+            raise ConfigError(f"unknown head {head!r}: expected 'cam' or 'gap_gmp'")
         model = CAMClassifier(body, num_classes, cosine_head=cosine_head, instance_norm_input=instance_norm_input)
     else:
         model = CellClassifier(body, num_classes, cosine_head=cosine_head, instance_norm_input=instance_norm_input)

@@ -18,7 +18,7 @@ from hpa_pipeline.io.stores import ShardedArray
 from hpa_pipeline.labels import N_CLASSES
 from hpa_pipeline.nets.d4 import d4_inverse, d4_transform, tta_views
 from hpa_pipeline.nets.devices import autocast_context
-from hpa_pipeline.nets.models import normalize_images
+from hpa_pipeline.nets.models import image_logits, normalize_images
 from hpa_pipeline.nets.pooling import as_instance_lists, box_means, gather_means, select_cells, sum_by_cell
 from hpa_pipeline.progress import progress
 from hpa_pipeline.settings import ModelSettings
@@ -164,6 +164,7 @@ def predict_rows(
     masks: ShardedArray | None = None,
     crops: ShardedArray | None = None,
     desc: str = "predict",
+    random_crops: bool = False,
 ) -> PredictionSet:
     """Predict the images ``rows`` (of ``images``/``masks`` or, for cell models, of the cell index).
 
@@ -171,9 +172,17 @@ def predict_rows(
     CAM logit over its pixels. Cell models classify each crop; their image probability is the
     maximum over the image's cells (0 for an image without cells).
 
+    In the image-level task (no cells) only image probabilities are made: ``n_tta`` D4 views of the
+    whole image, or with ``random_crops`` the model's ``tta_crops`` random crops (prediction; training's
+    validation sees the whole image).
+
     Returns:
-        The predictions in the order of ``rows``, with ``n_tta`` views.
+        The predictions in the order of ``rows``, with ``n_tta`` views (``tta_crops`` with random crops).
     """
+    if settings.image_level:
+        rows = np.asarray(rows, dtype=np.int64)
+        n_crops = settings.tta_crops if random_crops and settings.tta_crops else 0
+        return _predict_image_rows(model, settings, rows, cells, n_tta, n_crops, images, desc)
     batch_size = settings.eval_batch_size
     selected = cells.subset(np.asarray(rows, dtype=np.int64))
     probs: list[np.ndarray] = []
@@ -207,3 +216,89 @@ def predict_rows(
             if len(block):
                 per_image[position] = block.max(axis=0)
     return PredictionSet(selected.identity(), cell_probs.astype(np.float32), per_image.astype(np.float32))
+
+
+# --------------------------------------------------------------------------- the image-level task
+
+
+def crop_windows(size: int, crop_size: int, n_crops: int, seed: int, row: int) -> list[tuple[int, int]]:
+    """(top, left) of ``n_crops`` random ``crop_size`` windows of a ``size`` image, drawn from (seed, row)."""
+    if crop_size > size:
+        raise PipelineError(f"crop_size {crop_size} exceeds the image size {size}")
+    rng = np.random.default_rng([seed, row, 7])
+    return [(int(top), int(left)) for top, left in rng.integers(0, size - crop_size + 1, size=(n_crops, 2))]
+
+
+def predict_image_views(model: nn.Module, images: Tensor, n_tta: int = 8, *, amp: bool = True) -> Tensor:
+    """(B, C, n_tta) image probabilities of an image model over the first ``n_tta`` D4 views."""
+    device = _model_device(model)
+    images = images.to(device, non_blocking=True)
+    out: list[Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for view in tta_views(n_tta):
+                with autocast_context(device, enabled=amp):
+                    logits = image_logits(model, d4_transform(images, view))
+                out.append(torch.sigmoid(logits.float()).cpu())
+    finally:
+        model.train(was_training)
+    return torch.stack(out, dim=-1)
+
+
+def combine_views(predictions: PredictionSet, how: str) -> PredictionSet:
+    """Combine the TTA views (or crops) of every image and cell: ``mean`` keeps them (every later stage
+    averages views first), ``max`` takes the maximum (one view left)."""
+    if how == "mean":
+        return predictions
+    if how != "max":
+        raise PipelineError(f"tta_combine {how!r}: expected 'mean' or 'max'")
+    return PredictionSet(
+        predictions.cells,
+        predictions.probs.max(axis=2, keepdims=True),
+        predictions.image_probs.max(axis=2, keepdims=True),
+    )
+
+
+def _predict_image_rows(
+    model: torch.nn.Module,
+    settings: ModelSettings,
+    rows: np.ndarray,
+    cells: CellTable,
+    n_tta: int,
+    n_crops: int,
+    images: ShardedArray | None,
+    desc: str,
+) -> PredictionSet:
+    """Image probabilities of the image-level task (no cells): ``n_tta`` D4 views of the whole image, or
+    ``n_crops`` random crops of ``settings.crop_size`` when > 0 (the views axis holds the crops)."""
+    if images is None:
+        raise InputDataError("an image model reads images stores, but none were given (--images)")
+    batch_size = settings.eval_batch_size
+    n_views = n_crops or n_tta
+    out: list[np.ndarray] = []
+    for start in progress(range(0, len(rows), batch_size), desc, total=-(-len(rows) // batch_size), unit="batch"):
+        chunk = rows[start : start + batch_size]
+        batch = normalize_images(np.stack([images[int(row)] for row in chunk]))
+        if n_crops:
+            size, crop = batch.shape[-1], int(settings.crop_size)
+            windows = [crop_windows(size, crop, n_views, settings.seed, int(row)) for row in chunk]
+            views = []
+            for view in range(n_views):
+                crops = torch.stack(
+                    [
+                        batch[i, :, top : top + crop, left : left + crop]
+                        for i, (top, left) in enumerate(w[view] for w in windows)
+                    ]
+                )
+                views.append(predict_image_views(model, crops, 1))
+            out.append(torch.cat(views, dim=-1).numpy())
+        else:
+            out.append(predict_image_views(model, batch, n_tta).numpy())
+    n_classes = settings.n_classes
+    per_image = np.concatenate(out) if out else np.zeros((0, n_classes, n_views), np.float32)
+    selected = cells.subset(rows).identity()
+    if selected.n_cells:
+        raise InputDataError("the image-level task has no cells, but the cell table lists some")
+    return PredictionSet(selected, np.zeros((0, n_classes, n_views), np.float32), per_image.astype(np.float32))

@@ -76,8 +76,12 @@ def save_checkpoint(
     metrics: list[dict[str, Any]],
     settings: ModelSettings,
     inputs: str,
+    swa: dict[str, Any] | None = None,
 ) -> None:
-    """Write the state after ``epoch`` (0-based) atomically, so a kill never leaves half a checkpoint."""
+    """Write the state after ``epoch`` (0-based) atomically, so a kill never leaves half a checkpoint.
+
+    ``swa`` is the state of the weight average (checkpoint averaging), when the model has one.
+    """
     state = {
         "epoch": epoch,
         "fold": fold,
@@ -88,6 +92,8 @@ def save_checkpoint(
         "settings_digest": settings.digest(),
         "inputs": inputs,
     }
+    if swa is not None:
+        state["swa"] = swa
     with atomic_file(path, "wb") as handle:
         torch.save(state, handle)
 
@@ -102,9 +108,11 @@ def resume(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     device: torch.device,
+    swa: Any = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Load the checkpoint at ``path`` into the model, optimizer and scaler when it belongs to the same
-    settings, fold and inputs.
+    """Load the checkpoint at ``path`` into the model, optimizer and scaler (and the weight average
+    ``swa``, a :class:`~hpa_pipeline.train.swa.WeightAverage`) when it belongs to the same settings,
+    fold and inputs.
 
     Returns:
         The metric rows of the epochs done and the epoch to start from (``[], 0`` without a usable
@@ -125,6 +133,8 @@ def resume(
     optimizer.load_state_dict(checkpoint["optimizer"])
     if scaler is not None and checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
+    if swa is not None:
+        swa.load_state_dict(checkpoint.get("swa"))
     start_epoch = checkpoint["epoch"] + 1
     log.info("resuming from %s after epoch %d", path, start_epoch)
     return checkpoint["metrics"], start_epoch

@@ -154,3 +154,42 @@ class CellCropSet(Dataset):
         position = item[0]
         crop = self.crops[int(self.cell_rows[position])]
         return {"crop": torch.from_numpy(crop).float(), "target": torch.from_numpy(self.targets[position])}
+
+
+class ImageTrainingSet(Dataset):
+    """Random crops of whole images with their image labels: the image-level task (no masks, no cells).
+
+    Args:
+        images: per-image (4, S, S) uint8 array over the shards.
+        rows: the training images (rows of ``images``).
+        labels: (n, C) image labels of all rows.
+        crop_size: side of the random crop.
+        hflip: random horizontal flip.
+        seed: the run's seed.
+    """
+
+    def __init__(
+        self, images: ShardedArray, rows: np.ndarray, labels: np.ndarray, crop_size: int, hflip: bool, seed: int
+    ) -> None:
+        self.images, self.rows, self.labels = images, np.asarray(rows, dtype=np.int64), labels
+        self.crop_size, self.hflip, self.seed = crop_size, hflip, seed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        position, epoch = item
+        row = int(self.rows[position])
+        rng = np.random.default_rng([self.seed, epoch, row])
+        image = self.images[row]
+        size = image.shape[-1]
+        if self.crop_size > size:
+            raise InputDataError(f"crop_size {self.crop_size} exceeds the image size {size}")
+        top, left = rng.integers(0, size - self.crop_size + 1, size=2)
+        image = image[:, top : top + self.crop_size, left : left + self.crop_size]
+        if self.hflip and rng.random() < 0.5:
+            image = image[:, :, ::-1]
+        return {
+            "image": normalize_images(np.ascontiguousarray(image)),
+            "labels": torch.from_numpy(self.labels[row].astype(np.float32)),
+        }

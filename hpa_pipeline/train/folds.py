@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from hpa_pipeline.errors import ConfigError, InputDataError
-from hpa_pipeline.labels import labels_to_matrix, parse_labels
+from hpa_pipeline.labels import N_CLASSES, labels_to_matrix, parse_labels
 
 
 def make_folds(
@@ -132,6 +132,7 @@ def fold_table(
     earlier_folds: Mapping[str, pd.DataFrame] | None = None,
     drop_test_duplicates: bool = False,
     source: str = "index",
+    n_classes: int = N_CLASSES,
 ) -> pd.DataFrame:
     """The fold table of one training dataset (rule make_folds).
 
@@ -140,13 +141,16 @@ def fold_table(
         n_folds, seed: as :func:`make_folds`.
         duplicate_groups, earlier_folds, drop_test_duplicates: as :func:`duplicate_constraints`.
         source: the index's path, for messages.
+        n_classes: the task's number of classes.
 
     Returns:
         Columns ID, fold, trainable in index order.
     """
     ids = index["ID"].tolist()
     dataset = str(index["dataset"].iloc[0]) if len(index) else ""
-    labels = labels_to_matrix([parse_labels(text, f"{source} (ID {i})") for i, text in zip(ids, index["Label"])])
+    labels = labels_to_matrix(
+        [parse_labels(text, f"{source} (ID {i})", n_classes) for i, text in zip(ids, index["Label"])], n_classes
+    )
     groups, fixed, trainable = duplicate_constraints(
         dataset, ids, duplicate_groups, earlier_folds or {}, drop_test_duplicates
     )

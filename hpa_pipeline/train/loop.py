@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +36,14 @@ from hpa_pipeline.train.datasets import (
     CamTrainingSet,
     CellCropSet,
     EpochSampler,
+    ImageTrainingSet,
     cell_targets_from_images,
     collate_cam,
 )
-from hpa_pipeline.train.schedule import lr_at_epoch, set_lr
-from hpa_pipeline.train.steps import cam_consistency_loss, cell_crop_loss
+from hpa_pipeline.train.losses import combined_loss
+from hpa_pipeline.train.schedule import lr_at_epoch, set_lr, step_lr
+from hpa_pipeline.train.steps import cam_consistency_loss, cell_crop_loss, image_label_loss
+from hpa_pipeline.train.swa import WeightAverage, is_swa_epoch, recompute_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +69,14 @@ class Trainer:
             raise InputDataError(f"fold {fold} is outside 0..{settings.n_folds - 1}")
         self.settings, self.fold, self.data, self.device = settings, fold, data, device
         self.workers = max(0, min(threads - 1, 8))
-        self.images: LabelledImages = read_labelled_images(data.index_paths, data.folds_paths)
-        self.cells: CellTable = read_cell_table(data.cells_paths).identity()
+        self.images: LabelledImages = read_labelled_images(data.index_paths, data.folds_paths, settings.n_classes)
+        if settings.image_level:  # the image-level task has no cells: every image has zero
+            n = len(self.images.ids)
+            self.cells: CellTable = CellTable(
+                self.images.ids, np.zeros(n + 1, np.int64), np.zeros(0, np.int32), datasets=self.images.datasets
+            )
+        else:
+            self.cells = read_cell_table(data.cells_paths).identity()
         if self.cells.image_keys() != self.images.image_keys():
             raise InputDataError("the cell tables do not list the training images in index order (rebuild them)")
         self.train_rows = np.flatnonzero((self.images.folds != fold) & self.images.trainable)
@@ -89,6 +99,8 @@ class Trainer:
             init_checkpoint=data.init_checkpoint,
             cosine_head=settings.cosine_head,
             instance_norm_input=settings.instance_norm_input,
+            num_classes=settings.n_classes,
+            head=settings.head,
         ).to(device)
         # channels-last feeds cuDNN's tensor-core convolutions without layout transposes; on the CPU
         # the default layout is kept (and with it the CPU results)
@@ -102,9 +114,24 @@ class Trainer:
         )
         self.amp = amp_dtype(device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
-        self.arrays = data.open_arrays(settings.kind)
+        # the model's own loss setting, else the original's (focal on image labels, BCE on cell targets);
+        # the image-level task has no other default than focal
+        self.loss_fn = (
+            partial(
+                combined_loss,
+                weights=settings.loss,
+                focal_gamma=settings.focal_gamma,
+                hard_k=settings.hard_example_k,
+            )
+            if settings.loss
+            else None
+        )
+        if settings.image_level and self.loss_fn is None:
+            self.loss_fn = partial(combined_loss, weights={"focal": 1.0}, focal_gamma=settings.focal_gamma)
+        self.swa = WeightAverage() if settings.swa else None
+        self.arrays = data.open_arrays(settings.kind, settings.task)
         if settings.kind == "image":
-            if any(len(self.arrays[name]) != len(self.images.ids) for name in ("images", "masks")):
+            if any(len(self.arrays[name]) != len(self.images.ids) for name in self.arrays):
                 raise InputDataError("image/mask stores and the index differ in their number of images")
         elif len(self.arrays["crops"]) != self.cells.n_cells:
             raise InputDataError("crop stores and cell tables differ in their number of cells")
@@ -129,7 +156,17 @@ class Trainer:
 
     def _loader(self, seed: int) -> tuple[DataLoader, EpochSampler]:
         settings = self.settings
-        if settings.kind == "image":
+        collate = None
+        if settings.image_level:
+            dataset: ImageTrainingSet | CamTrainingSet | CellCropSet = ImageTrainingSet(
+                self.arrays["images"],
+                self.train_rows,
+                self.images.labels,
+                settings.crop_size,
+                settings.hflip,
+                seed,
+            )
+        elif settings.kind == "image":
             dataset = CamTrainingSet(
                 self.arrays["images"],
                 self.arrays["masks"],
@@ -145,7 +182,6 @@ class Trainer:
         else:
             rows = self.cells.cell_rows(self.train_rows)
             dataset = CellCropSet(self.arrays["crops"], rows, self.cell_targets[rows])
-            collate = None
         sampler = EpochSampler(len(dataset), seed)
         loader = DataLoader(
             dataset,
@@ -162,7 +198,10 @@ class Trainer:
     def train_epoch(self, loader: DataLoader, sampler: EpochSampler, epoch: int) -> dict[str, float]:
         settings = self.settings
         sampler.set_epoch(epoch)
-        lr = lr_at_epoch(epoch, settings.lr, settings.epochs, settings.warmup_epochs, settings.warmup_factor)
+        if settings.lr_steps:
+            lr = step_lr(epoch, settings.lr_steps)
+        else:
+            lr = lr_at_epoch(epoch, settings.lr, settings.epochs, settings.warmup_epochs, settings.warmup_factor)
         set_lr(self.optimizer, lr)
         generator = torch.Generator().manual_seed(derive_seed(settings.seed, self.fold, epoch, 1))
         self.model.train()
@@ -172,7 +211,14 @@ class Trainer:
         steps = 0
         for batch in progress(loader, f"epoch {epoch + 1}/{settings.epochs}", total=len(loader), unit="batch"):
             with autocast_context(self.device):
-                if settings.kind == "image":
+                if settings.image_level:
+                    parts = image_label_loss(
+                        self.step_model,
+                        self._to_device(batch["image"]),
+                        batch["labels"].to(self.device, non_blocking=True),
+                        self.loss_fn,
+                    )
+                elif settings.kind == "image":
                     pseudo = batch.get("pseudo")
                     parts = cam_consistency_loss(
                         self.step_model,
@@ -184,6 +230,7 @@ class Trainer:
                         settings.consistency_weight,
                         settings.focal_gamma,
                         cells=batch["cells"],
+                        class_loss_fn=self.loss_fn,
                     )
                 else:
                     parts = cell_crop_loss(
@@ -191,6 +238,7 @@ class Trainer:
                         self._to_device(batch["crop"]),
                         batch["target"].to(self.device, non_blocking=True),
                         generator,
+                        loss_fn=self.loss_fn,
                     )
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
@@ -205,9 +253,24 @@ class Trainer:
         row = {"epoch": epoch + 1, "lr": lr}
         names = ("loss", "class_loss", "consistency_loss")
         row.update({f"train_{name}": value / max(steps, 1) for name, value in zip(names, sums.tolist())})
-        if settings.kind == "cell":
+        if settings.kind == "cell" or settings.image_level:
             del row["train_consistency_loss"]
         return row
+
+    def average_weights(self, loader: DataLoader, sampler: EpochSampler) -> int:
+        """Load the weight average into the model and recompute its BatchNorm statistics on the
+        training data (one pass over the epoch ``settings.epochs``'s batches, no update).
+
+        Returns:
+            The number of epochs averaged (0: no average, the model is left as it is).
+        """
+        if self.swa is None or not self.swa.count:
+            return 0
+        self.swa.apply_to(self.model)
+        sampler.set_epoch(self.settings.epochs)
+        key = "crop" if self.settings.kind == "cell" else "image"
+        recompute_batchnorm(self.model, (self._to_device(batch[key]) for batch in loader))
+        return self.swa.count
 
     # -------------------------------------------------------------------------------- validation
 
@@ -222,6 +285,14 @@ class Trainer:
         predictions = self.predict(self.valid_rows, n_tta=1, desc="validate")
         image_targets = self.images.labels[self.valid_rows]
         image_scores = predictions.image_probs[:, :, 0]
+        if self.settings.image_level:
+            clipped = np.clip(image_scores, 1e-7, 1 - 1e-7)
+            bce = -np.mean(image_targets * np.log(clipped) + (1 - image_targets) * np.log(1 - clipped))
+            return {
+                "valid_image_bce": float(bce),
+                "valid_image_map": mean_average_precision(image_targets, image_scores),
+                "valid_image_macro_f1": macro_f1(image_targets, image_scores),
+            }
         cell_targets = image_targets[np.repeat(np.arange(len(self.valid_rows)), np.diff(predictions.offsets))]
         cell_scores = predictions.probs[:, :, 0]
         clipped = np.clip(image_scores, 1e-7, 1 - 1e-7)
@@ -269,11 +340,14 @@ def train_model(
             optimizer=trainer.optimizer,
             scaler=trainer.scaler,
             device=claim.torch_device,
+            swa=trainer.swa,
         )
         loader, sampler = trainer._loader(derive_seed(settings.seed, fold))
         for epoch in range(start_epoch, settings.epochs):
             started = time.perf_counter()
             row = trainer.train_epoch(loader, sampler, epoch)
+            if trainer.swa is not None and is_swa_epoch(epoch + 1, settings.swa):
+                trainer.swa.update(trainer.model)
             if (epoch + 1) % settings.validate_every == 0 or epoch + 1 == settings.epochs:
                 row.update(trainer.validate())
             row["seconds"] = round(time.perf_counter() - started, 3)
@@ -291,8 +365,15 @@ def train_model(
                 metrics=rows,
                 settings=settings,
                 inputs=fingerprint,
+                swa=None if trainer.swa is None else trainer.swa.state_dict(),
             )
             write_metrics_csv(out_dir / "metrics.csv", rows)
+        averaged = trainer.average_weights(loader, sampler)
+        if averaged:
+            # the last row gains the averaged model's validation: what prediction will use
+            rows[-1].update({f"swa_{key}": value for key, value in trainer.validate().items()})
+            rows[-1]["swa_epochs"] = averaged
+            log.info("weights of %d epochs averaged, BatchNorm recomputed: %s", averaged, rows[-1])
         write_outputs(
             out_dir,
             model=trainer.model,

@@ -1,4 +1,5 @@
-"""Learning-rate schedule: cosine decay per epoch with a linear warm-up factor (as in the original)."""
+"""Learning-rate schedules: cosine decay per epoch with a linear warm-up factor (as in the original), or
+the 2018 solutions' step schedule (``lr_steps``)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,19 @@ def lr_at_epoch(epoch: int, base_lr: float, epochs: int, warmup_epochs: int = 5,
         ramp = epoch / warmup_epochs
         lr *= warmup_factor * (1.0 - ramp) + ramp
     return lr
+
+
+def step_lr(epoch: int, steps: list[list[float]]) -> float:
+    """The learning rate of a (0-based) epoch under a step schedule ``[[first_epoch, lr], ...]``: the lr
+    of the last step that has started (the first step's before it starts)."""
+    if not steps:
+        raise ConfigError("lr_steps is empty: give [[epoch, lr], ...]")
+    ordered = sorted((int(start), float(lr)) for start, lr in steps)
+    current = ordered[0][1]
+    for start, lr in ordered:
+        if epoch >= start:
+            current = lr
+    return current
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -7,6 +7,7 @@ given CPU ``torch.Generator``, so a step is reproducible from the generator's st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 from hpa_pipeline.errors import PipelineError
 from hpa_pipeline.nets.d4 import D4_VIEWS, d4_transform
+from hpa_pipeline.nets.models import image_logits
 from hpa_pipeline.nets.pooling import HostCells, cell_mean_pool
 from hpa_pipeline.train.cutmix import (
     apply_cutmix,
@@ -60,6 +62,7 @@ def cam_consistency_loss(
     consistency_weight: float = 1.0,
     focal_gamma: float = 2.0,
     cells: HostCells | None = None,
+    class_loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> LossParts:
     """Loss of one CAM-consistency step.
 
@@ -82,6 +85,8 @@ def cam_consistency_loss(
         focal_gamma: focusing parameter of the class loss.
         cells: the masks' cells computed on the host (:func:`~hpa_pipeline.nets.pooling.present_cells`),
             so that pooling needs no device-to-host synchronisation; found from ``labels`` when None.
+        class_loss_fn: ``(image logits, image targets) -> loss`` replacing the focal class loss (a
+            model's ``loss`` setting).
 
     Returns:
         ``LossParts`` (total = class + weight * consistency).
@@ -96,7 +101,10 @@ def cam_consistency_loss(
     cams = model(torch.cat([images, heavy], dim=0))
     cams = F.interpolate(cams.float(), size=(height, width), mode="bilinear", align_corners=False)
     cam_clean, cam_heavy = cams[:batch], invert_cutmix(cams[batch:], params)
-    class_loss = binary_focal_with_logits(cam_clean.mean(dim=(2, 3)), image_targets, focal_gamma)
+    if class_loss_fn is None:
+        class_loss = binary_focal_with_logits(cam_clean.mean(dim=(2, 3)), image_targets, focal_gamma)
+    else:
+        class_loss = class_loss_fn(cam_clean.mean(dim=(2, 3)), image_targets)
     # One pooling pass over both views: channels [clean classes, heavy classes].
     n_classes = cam_clean.shape[1]
     pooled, index = cell_mean_pool(torch.cat([cam_clean, cam_heavy], dim=1), labels, cells=cells)
@@ -109,7 +117,13 @@ def cam_consistency_loss(
     return LossParts(class_loss + consistency_weight * cons, class_loss, cons)
 
 
-def cell_crop_loss(model: nn.Module, crops: Tensor, targets: Tensor, generator: torch.Generator) -> LossParts:
+def cell_crop_loss(
+    model: nn.Module,
+    crops: Tensor,
+    targets: Tensor,
+    generator: torch.Generator,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> LossParts:
     """Loss of one cell-crop step: one random D4 element for the batch, CutMix always.
 
     Loss = lambda' * BCE(logits, y) + (1 - lambda') * BCE(logits, y[perm]) with
@@ -120,10 +134,12 @@ def cell_crop_loss(model: nn.Module, crops: Tensor, targets: Tensor, generator: 
         crops: (B, 8, C, C) crops (uint8 or float 0..255).
         targets: (B, 19) soft or binary targets.
         generator: CPU generator for the D4 element and the CutMix draw.
+        loss_fn: ``(logits, targets) -> loss`` replacing the BCE (a model's ``loss`` setting).
 
     Returns:
         ``LossParts`` (class_loss = total, consistency_loss = 0).
     """
+    loss_fn = loss_fn or F.binary_cross_entropy_with_logits
     view = int(torch.randint(0, len(D4_VIEWS), (), generator=generator))
     x = d4_transform(crops.float(), view)
     params = sample_cutmix(x.shape[0], x.shape[-2], x.shape[-1], generator)
@@ -132,7 +148,24 @@ def cell_crop_loss(model: nn.Module, crops: Tensor, targets: Tensor, generator: 
     keep = 1.0 - mixed_fraction(params)
     targets = targets.to(logits.dtype)
     partner = targets[params.perm.to(targets.device)]
-    loss = keep * F.binary_cross_entropy_with_logits(logits, targets) + (
-        1.0 - keep
-    ) * F.binary_cross_entropy_with_logits(logits, partner)
+    loss = keep * loss_fn(logits, targets) + (1.0 - keep) * loss_fn(logits, partner)
+    return LossParts(loss, loss, torch.zeros((), device=loss.device))
+
+
+def image_label_loss(
+    model: nn.Module, images: Tensor, targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
+) -> LossParts:
+    """Loss of one step of the image-level task: the image logits (the CAM's mean, or a pooled head's
+    output) against the image labels, no cells.
+
+    Args:
+        model: an image model (CAM or ``gap_gmp`` head).
+        images: (B, 4, H, W) float crops.
+        targets: (B, C) image labels.
+        loss_fn: ``(logits, targets) -> loss``, the model's ``loss`` setting.
+
+    Returns:
+        ``LossParts`` (class_loss = total, consistency_loss = 0).
+    """
+    loss = loss_fn(image_logits(model, images).float(), targets)
     return LossParts(loss, loss, torch.zeros((), device=loss.device))

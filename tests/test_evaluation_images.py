@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_pipeline.io.cells import CellTable
+from hpa_pipeline.io.folds import write_folds
+from hpa_pipeline.io.index import write_index
+from hpa_pipeline.io.predictions import PredictionSet, write_predictions
+from hpa_pipeline.submit.evaluation_images import evaluate_images_run, reference_labels
+from hpa_pipeline.submit.image_predictions import write_image_predictions
+from hpa_pipeline.submit.thresholds import write_thresholds
+
+
+def test_references_draw_chance_by_frequency_and_the_most_frequent_classes():
+    truth = np.zeros((4, 3), dtype=bool)
+    truth[:, 2] = True  # every image: class 2
+    truth[:2, 0] = True  # half: class 0
+    references = reference_labels(truth, 1000, seed=0)
+    # 1.5 labels per image -> the 2 most frequent classes (2, then 0) for every image
+    assert (
+        references["most_frequent"][0].tolist() == [True, False, True]
+        and references["most_frequent"].all(0)[[0, 2]].all()
+    )
+    chance = references["chance"].mean(axis=0)
+    assert chance[1] == 0 and chance[2] == 1 and 0.45 < chance[0] < 0.55
+
+
+def _oof(path, ids, probs):
+    n = len(ids)
+    cells = CellTable(ids, np.zeros(n + 1, np.int64), np.zeros(0, np.int32), datasets=["train"] * n)
+    write_predictions(
+        path, PredictionSet(cells, np.zeros((0, 28, 1), np.float32), probs[:, :, None].astype(np.float32))
+    )
+
+
+def test_macro_f1_rows_with_and_without_thresholds(tmp_path):
+    ids = ["a", "b", "c", "d"]
+    write_index(
+        tmp_path / "index.csv",
+        pd.DataFrame({"ID": ids, "shard": 0, "Label": ["0", "0|1", "1", "0"], "dataset": "train"}),
+    )
+    write_folds(tmp_path / "folds.csv", ids, np.array([0, 1, 0, 1]))
+    probs = np.zeros((4, 28))
+    probs[:, 0] = [0.4, 0.45, 0.1, 0.3]  # below 0.5 but ranked right: a fitted threshold finds class 0
+    probs[:, 1] = [0.2, 0.9, 0.8, 0.1]
+    _oof(tmp_path / "m.zarr", ids, probs)
+    thresholds = np.full(28, 0.5)
+    thresholds[0] = 0.2
+    write_thresholds(tmp_path / "t.csv", thresholds, [str(c) for c in range(28)], np.full(28, np.nan), "f1")
+    test_probs = np.zeros((2, 28))
+    test_probs[0, 0], test_probs[1, 1] = 0.3, 0.7
+    write_image_predictions(tmp_path / "p.csv", ["x", "y"], test_probs, thresholds)
+    (tmp_path / "truth.csv").write_text("Id,Target\nx,0\ny,1\n")
+    evaluate_images_run(
+        {"m": (1, tmp_path / "m.zarr")},
+        {},
+        [tmp_path / "m.zarr"],
+        [tmp_path / "index.csv"],
+        [tmp_path / "folds.csv"],
+        tmp_path / "t.csv",
+        tmp_path / "p.csv",
+        tmp_path / "truth.csv",
+        tmp_path / "metrics.json",
+        tmp_path / "metrics.tsv",
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # out of fold at 0.5: class 0 never predicted (F1 0), class 1 perfect -> 0.5; fitted: both perfect
+    assert metrics["models"]["m"]["out_of_fold"]["macro_f1"] == pytest.approx(0.5)
+    assert metrics["models"]["m"]["out_of_fold"]["macro_f1_fitted"] == pytest.approx(1.0)
+    # test: at 0.5 only y's class 1 -> class 0 F1 0, class 1 F1 1; at the thresholds both right
+    assert metrics["submission"]["macro_f1"] == pytest.approx(0.5)
+    assert metrics["submission"]["macro_f1_fitted"] == pytest.approx(1.0)
+    rows = (tmp_path / "metrics.tsv").read_text().splitlines()
+    assert [row.split("\t")[1] for row in rows[1:]] == [
+        "m",
+        "submission members",
+        "submission.csv",
+        "chance",
+        "most_frequent",
+        "chance",
+        "most_frequent",
+    ]
