@@ -133,8 +133,9 @@ def test_forcing_one_stage_reruns_exactly_what_depends_on_it(demo_run):
     jobs = planned_jobs(demo_run, "--forcerun", "crop_cells")
     # the crops feed only the cell models, and through their out-of-fold predictions the stage-2
     # ensemble, so everything trained on it; never preprocessing upstream of the crops
+    extra_shards = sum(extra["shards"] for extra in config["extra_train_sets"].values())
     assert jobs["crop_cells"] == len(config["preprocess"]["crop_image_sizes"]) * (
-        config["shards"]["train"] + config["shards"]["test"]
+        config["shards"]["train"] + config["shards"]["test"] + extra_shards
     )
     for upstream in ("make_demo_data", "index_images", "resize_image", "segment", "resize_masks", "make_folds"):
         assert upstream not in jobs

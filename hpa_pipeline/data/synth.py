@@ -24,7 +24,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1205,10 +1206,7 @@ def write_demo_dataset(
         empty_test_images=empty_test_images,
         n_public=n_public,
     )
-    _check_target(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with dataset_folder(out_dir, overwrite) as tmp:
         for sub in ("train", "test", "truth/train", "truth/test"):
             (tmp / sub).mkdir(parents=True)
         train_rows, test_rows, cell_rows, public_rows = [], [], [], []
@@ -1249,18 +1247,6 @@ def write_demo_dataset(
             "images).\nThe workflow may replace this folder; without this file it is treated as real data.\n",
             encoding="utf-8",
         )
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset should be readable like any other folder
-        old = None
-        if out_dir.exists():
-            _check_target(out_dir, overwrite)  # it appeared or changed while we were writing
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.rename(out_dir, old / "data")
-        os.rename(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _copied_fields(specs: Sequence[FieldSpec], n_public: int) -> dict[str, str]:
@@ -1288,6 +1274,33 @@ def _write_public_image(mirror: Path, image_id: str, result: SynthField) -> list
         (folder / f"{stem}_{channel}.tif.gz").write_bytes(gzip.compress(encoded.getvalue(), mtime=0))
     labels = result.image_labels
     return [f"{PUBLIC_SERVER}/{antibody}/{stem}", _join(labels), "False", "|".join(CLASS_NAMES[c] for c in labels)]
+
+
+@contextmanager
+def dataset_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary sibling of ``out_dir`` to write a dataset into: renamed to ``out_dir`` when the block
+    succeeds, removed when it fails, so that an interrupted run leaves no (partial) ``out_dir``.
+
+    Raises:
+        InputDataError: ``out_dir`` exists and ``overwrite`` is not set, or it holds someone's own images.
+    """
+    _check_target(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset should be readable like any other folder
+        old = None
+        if out_dir.exists():
+            _check_target(out_dir, overwrite)  # it appeared or changed while we were writing
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.rename(out_dir, old / "data")
+        os.rename(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _check_target(out_dir: Path, overwrite: bool) -> None:

@@ -12,16 +12,13 @@ set's skew (Nucleoplasm and Cytosol common, Rods & rings rare), smoothed so that
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from hpa_pipeline.data.synth import _check_target, _image_id, _write_csv, _write_png, render_field
+from hpa_pipeline.data.synth import _image_id, _write_csv, _write_png, dataset_folder, render_field
 from hpa_pipeline.io.channels import CHANNELS
 from hpa_pipeline.io.folders import SYNTHETIC_MARKER
 from hpa_pipeline.labels import CLASS_NAMES_2018
@@ -118,10 +115,7 @@ def write_demo_dataset_2018(
     out_dir = Path(out_dir)
     if n_train < 1 or n_test < 1:
         raise ValueError(f"need n_train, n_test >= 1 (got {n_train}, {n_test})")
-    _check_target(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with dataset_folder(out_dir, overwrite) as tmp:
         for sub in ("train", "test", "truth"):
             (tmp / sub).mkdir(parents=True)
         tables: dict[str, list[list[object]]] = {"train": [], "test": []}
@@ -146,15 +140,3 @@ def write_demo_dataset_2018(
             "as real data.\n",
             encoding="utf-8",
         )
-        os.chmod(tmp, 0o755)
-        old = None
-        if out_dir.exists():
-            _check_target(out_dir, overwrite)
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.rename(out_dir, old / "data")
-        os.rename(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

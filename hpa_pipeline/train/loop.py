@@ -285,24 +285,21 @@ class Trainer:
         predictions = self.predict(self.valid_rows, n_tta=1, desc="validate")
         image_targets = self.images.labels[self.valid_rows]
         image_scores = predictions.image_probs[:, :, 0]
-        if self.settings.image_level:
-            clipped = np.clip(image_scores, 1e-7, 1 - 1e-7)
-            bce = -np.mean(image_targets * np.log(clipped) + (1 - image_targets) * np.log(1 - clipped))
-            return {
-                "valid_image_bce": float(bce),
-                "valid_image_map": mean_average_precision(image_targets, image_scores),
-                "valid_image_macro_f1": macro_f1(image_targets, image_scores),
-            }
-        cell_targets = image_targets[np.repeat(np.arange(len(self.valid_rows)), np.diff(predictions.offsets))]
-        cell_scores = predictions.probs[:, :, 0]
         clipped = np.clip(image_scores, 1e-7, 1 - 1e-7)
         bce = -np.mean(image_targets * np.log(clipped) + (1 - image_targets) * np.log(1 - clipped))
-        return {
+        metrics = {
             "valid_image_bce": float(bce),
             "valid_image_map": mean_average_precision(image_targets, image_scores),
             "valid_image_macro_f1": macro_f1(image_targets, image_scores),
-            "valid_cell_map": mean_average_precision(cell_targets, cell_scores) if len(cell_scores) else float("nan"),
         }
+        if self.settings.image_level:
+            return metrics
+        cell_targets = image_targets[np.repeat(np.arange(len(self.valid_rows)), np.diff(predictions.offsets))]
+        cell_scores = predictions.probs[:, :, 0]
+        metrics["valid_cell_map"] = (
+            mean_average_precision(cell_targets, cell_scores) if len(cell_scores) else float("nan")
+        )
+        return metrics
 
 
 def train_model(
