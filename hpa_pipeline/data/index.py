@@ -80,10 +80,11 @@ def check_disjoint(index: pd.DataFrame, table_path: str | Path, other_paths: Seq
     """
     ids = set(index["ID"])
     for other_path in other_paths:
-        shared = [image_id for image_id in read_index(other_path)["ID"] if image_id in ids]
+        other = read_index(other_path)
+        shared = [image_id for image_id in other["ID"] if image_id in ids]
         if shared:
             shown = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
             raise InputDataError(
-                f"{table_path} lists image ID(s) {shown} that dataset {read_index(other_path)['dataset'].iloc[0]} "
+                f"{table_path} lists image ID(s) {shown} that dataset {other['dataset'].iloc[0]} "
                 f"({other_path}) has too; IDs must be unique across datasets"
             )
