@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from hpa_pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
-    from hpa_pipeline.settings import ModelData
+    from hpa_pipeline.settings import ModelData, ModelSettings
 
 log = logging.getLogger("hpa_pipeline")
 
@@ -94,14 +94,13 @@ def _download_public_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-table", required=True, type=Path, help="ID,Label CSV of the downloaded images")
     parser.add_argument("--out-failed", required=True, type=Path, help="ID,reason CSV of the failed images")
     parser.add_argument(
-        "--workers", type=int, default=16, help="images downloaded at the same time (default: %(default)s)"
+        "--dataset",
+        help="the workflow's extra set being downloaded: --workers, --retries and --timeout default to its "
+        "settings, which the workflow passes in $HPA_PIPELINE_JOB_SETTINGS",
     )
-    parser.add_argument(
-        "--retries", type=int, default=4, help="extra tries of a file after a transient failure (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds a request may wait for the server (default: %(default)s)"
-    )
+    parser.add_argument("--workers", type=int, help="images downloaded at the same time (default: 16)")
+    parser.add_argument("--retries", type=int, help="extra tries of a file after a transient failure (default: 4)")
+    parser.add_argument("--timeout", type=float, help="seconds a request may wait for the server (default: 60)")
     parser.add_argument(
         "--max-failed-fraction",
         type=float,
@@ -119,16 +118,22 @@ def _download_public_arguments(parser: argparse.ArgumentParser) -> None:
 
 @subcommand("download-public", "download the public HPA images of the image list", _download_public_arguments)
 def _download_public(args: argparse.Namespace) -> None:
+    from hpa_pipeline.config import DOWNLOAD_DEFAULTS, DOWNLOAD_JOB_SETTINGS, exported_job_settings
     from hpa_pipeline.data.download import download_images, read_public_table, write_download_outputs
 
-    table = read_public_table(args.tsv, timeout=args.timeout)
+    # workers, retries and timeout: the options, else the workflow's settings of --dataset, else the defaults
+    workflow = exported_job_settings().get("downloads", {}).get(args.dataset, {}) if args.dataset else {}
+    given = {key: getattr(args, key) for key in DOWNLOAD_JOB_SETTINGS if getattr(args, key) is not None}
+    job = {key: DOWNLOAD_DEFAULTS[key] for key in DOWNLOAD_JOB_SETTINGS} | workflow | given
+    log.info("downloading with %(workers)d workers, %(retries)d retries, a %(timeout)g s timeout", job)
+    table = read_public_table(args.tsv, timeout=job["timeout"])
     result = download_images(
         table,
         args.base_url,
         args.out_images,
-        workers=args.workers,
-        retries=args.retries,
-        timeout=args.timeout,
+        workers=job["workers"],
+        retries=job["retries"],
+        timeout=job["timeout"],
         limit=args.limit,
         image_format=args.format,
     )
@@ -295,7 +300,10 @@ def _segment_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--images-store", type=Path, help="segment a resized images store")
     parser.add_argument("--scale-factor", type=float, required=True)
     parser.add_argument("--backend", default="classical", choices=("classical", "hpacellseg"))
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (hpacellseg backend)")
+    parser.add_argument(
+        "--device",
+        help="auto, cpu, cuda or cuda:N (hpacellseg backend; default: the workflow's segment.device, else auto)",
+    )
     parser.add_argument("--nuclei-model", type=Path, help="hpacellseg: dpn_unet_nuclei_v1.pth")
     parser.add_argument("--nuclei-model-sha256")
     parser.add_argument("--cell-model", type=Path, help="hpacellseg: dpn_unet_cell_3ch_v1.pth")
@@ -321,7 +329,7 @@ def _segment(args: argparse.Namespace) -> None:
             "cell_model": args.cell_model,
             "cell_model_sha256": args.cell_model_sha256,
         }
-    prefer = "cpu" if args.backend == "classical" else args.device
+    prefer = "cpu" if args.backend == "classical" else _device(args.device, "segment_device")
     with claim_device(prefer) as claim:
         producer = create_producer(args.backend, device=claim.device, hpacellseg=weights, threads=args.threads)
         segment_shard(
@@ -418,8 +426,23 @@ def _model_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=Path, nargs="*", default=[], help="images stores (image models)")
     parser.add_argument("--masks", type=Path, nargs="*", default=[], help="resized masks stores (image models)")
     parser.add_argument("--crops", type=Path, nargs="*", default=[], help="crops stores (cell models)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the workflow's train_device, else auto)")
     parser.add_argument("--threads", type=int, default=1)
+
+
+def _device(device: str | None, job_setting: str) -> str:
+    """``--device``, else the device the workflow passes in its job settings, else ``auto``."""
+    from hpa_pipeline.config import exported_job_settings
+
+    return device or exported_job_settings().get(job_setting) or "auto"
+
+
+def _model_settings(args: argparse.Namespace) -> ModelSettings:
+    """``--settings``, with the job settings (compile, ...) that the workflow passes for the model filled in."""
+    from hpa_pipeline.config import exported_job_settings
+    from hpa_pipeline.settings import ModelSettings
+
+    return ModelSettings.from_json(args.settings, exported_job_settings().get("models"))
 
 
 def _model_data(args: argparse.Namespace) -> ModelData:
@@ -448,11 +471,12 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 @subcommand("train", "train one model on one fold (resumes from its last epoch)", _train_arguments)
 def _train(args: argparse.Namespace) -> None:
-    from hpa_pipeline.settings import ModelSettings
     from hpa_pipeline.train.loop import train_model
 
-    settings = ModelSettings.from_json(args.settings)
-    train_model(settings, args.fold, _model_data(args), args.out_dir, args.checkpoint_dir, args.device, args.threads)
+    device = _device(args.device, "train_device")
+    train_model(
+        _model_settings(args), args.fold, _model_data(args), args.out_dir, args.checkpoint_dir, device, args.threads
+    )
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -467,10 +491,9 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 @subcommand("predict", "predict the held-out fold or the test set with D4 test-time augmentation", _predict_arguments)
 def _predict(args: argparse.Namespace) -> None:
     from hpa_pipeline.predict import predict_split
-    from hpa_pipeline.settings import ModelSettings
 
-    settings = ModelSettings.from_json(args.settings)
-    predict_split(settings, args.checkpoint, _model_data(args), args.out, args.fold, args.device, args.threads)
+    device = _device(args.device, "train_device")
+    predict_split(_model_settings(args), args.checkpoint, _model_data(args), args.out, args.fold, device, args.threads)
 
 
 def _concat_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,17 +5,24 @@ The Snakefile validates the config against ``schemas/config.schema.yaml`` first 
 and then calls :func:`check_config`, so every mistake is reported before any job starts, naming the key.
 A model's *resolved settings* (its kind's defaults overlaid with its own keys) are the training rule's
 params: changing one model retrains that model and what depends on it, and nothing else.
+
+Settings that change only how a job runs (download workers, retries and timeout, devices, compile, ...)
+are no rule params: Snakemake reruns a job whose params change, and everything below it. The workflow
+puts them in its environment instead (:func:`export_job_settings`), which every job inherits (sbatch
+passes it on), and the job reads them there (:func:`exported_job_settings`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from hpa_pipeline.errors import ConfigError
 from hpa_pipeline.labels import TASK_CELLS, TASK_IMAGES
-from hpa_pipeline.settings import kind_only_settings, required_settings
+from hpa_pipeline.settings import MODEL_JOB_SETTINGS, kind_only_settings, required_settings
 
 
 def train_datasets(config: dict[str, Any]) -> list[str]:
@@ -35,9 +42,64 @@ DOWNLOAD_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Keys of a ``download`` block that change how the download runs, not which images it writes.
+DOWNLOAD_JOB_SETTINGS = ("workers", "retries", "timeout")
+
+#: The environment variable that carries :func:`job_settings` from the workflow to its jobs.
+JOB_SETTINGS_ENV = "HPA_PIPELINE_JOB_SETTINGS"
+
+
 def download_settings(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     """The ``download`` block of extra set ``dataset`` with every default filled in."""
     return {**DOWNLOAD_DEFAULTS, **config["extra_train_sets"][dataset]["download"]}
+
+
+def downloaded_sets(config: dict[str, Any]) -> list[str]:
+    """Names of the extra sets that rule download_extra_set fetches."""
+    return [name for name, settings in (config.get("extra_train_sets") or {}).items() if "download" in settings]
+
+
+def job_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The config's settings that change how its jobs run, never what they compute.
+
+    Returns:
+        ``{"downloads": {set: {workers, retries, timeout}}, "models": {model: {compile, channels_last,
+        predict_batch_size}}, "train_device": ..., "segment_device": ...}``. A device changes at most the
+        float rounding, and with ``auto`` (the default) it already depends on what the machine has free.
+    """
+    downloads = {
+        name: {key: download_settings(config, name)[key] for key in DOWNLOAD_JOB_SETTINGS}
+        for name in downloaded_sets(config)
+    }
+    models = {}
+    for name in config.get("models") or {}:
+        settings = resolve_model(config, name)
+        models[name] = {key: settings[key] for key in MODEL_JOB_SETTINGS if key in settings}
+    return {
+        "downloads": downloads,
+        "models": models,
+        "train_device": config.get("train_device", "auto"),
+        "segment_device": (config.get("segment") or {}).get("device", "auto"),
+    }
+
+
+def export_job_settings(config: dict[str, Any]) -> None:
+    """Put :func:`job_settings` into this process's environment, for the jobs it starts to inherit."""
+    os.environ[JOB_SETTINGS_ENV] = json.dumps(job_settings(config), sort_keys=True)
+
+
+def exported_job_settings() -> dict[str, Any]:
+    """The job settings the workflow exported (``$HPA_PIPELINE_JOB_SETTINGS``); empty outside a workflow."""
+    text = os.environ.get(JOB_SETTINGS_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"${JOB_SETTINGS_ENV} is not valid JSON ({exc}); unset it outside the workflow") from exc
+    if not isinstance(settings, dict):
+        raise ConfigError(f"${JOB_SETTINGS_ENV} is not a JSON object; unset it outside the workflow")
+    return settings
 
 
 def resolve_model(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -72,8 +134,10 @@ def ensemble_stage(config: dict[str, Any], name: str) -> int:
 
 
 def settings_json(settings: dict[str, Any]) -> str:
-    """Canonical JSON of resolved settings (sorted keys), the form a rule passes to the package."""
-    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    """Canonical JSON of resolved settings (sorted keys) without the job settings: the rule param that
+    the package reads (the job settings reach the job through :func:`export_job_settings`)."""
+    kept = {key: value for key, value in settings.items() if key not in MODEL_JOB_SETTINGS}
+    return json.dumps(kept, sort_keys=True, separators=(",", ":"))
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -202,38 +266,114 @@ def _check_acyclic(config: dict[str, Any]) -> None:
         visit(name, [])
 
 
+#: What rule make_demo_data writes under input_dir besides the images: the truth, and with demo_data.n_public
+#: the public-HPA mirror's list and server folder.
+DEMO_TRUTH = "truth"
+DEMO_PUBLIC_TABLE = "public_hpa/kaggle_2021.tsv"
+DEMO_PUBLIC_SERVER = "public_hpa/server"
+
+
+class _DataPath(NamedTuple):
+    """A local path the config reads data from, besides input_dir."""
+
+    owner: str  # the key to remove to drop it: truth_dir or extra_train_sets.NAME
+    key: str
+    path: str
+    kind: str  # "dir" or "file" (must exist before the run), or "written" (a download writes it)
+    fix: str  # what to do when it is missing
+
+
+def _data_paths(config: dict[str, Any]) -> list[_DataPath]:
+    paths = []
+    if config.get("truth_dir"):
+        fix = "remove truth_dir from the config unless you have truth for your images"
+        paths.append(_DataPath("truth_dir", "truth_dir", str(config["truth_dir"]), "dir", fix))
+    for name, settings in (config.get("extra_train_sets") or {}).items():
+        owner = f"extra_train_sets.{name}"
+        if "download" not in settings:
+            fix = f"remove {owner} from the config, or point it at the set's ID,Label table and image folder"
+            paths.append(_DataPath(owner, f"{owner}.table", str(settings["table"]), "file", fix))
+            paths.append(_DataPath(owner, f"{owner}.images", str(settings["images"]), "dir", fix))
+            continue
+        download = download_settings(config, name)
+        paths.append(_DataPath(owner, f"{owner}.images", str(settings["images"]), "written", ""))
+        if not download["tsv"].lower().startswith(("http://", "https://")):
+            fix = f"remove {owner} from the config, or point tsv at the public image list (a file or an http(s) URL)"
+            paths.append(_DataPath(owner, f"{owner}.download.tsv", download["tsv"], "file", fix))
+        if "://" not in download["base_url"]:
+            fix = f"remove {owner} from the config, or leave base_url out for the HPA image server"
+            paths.append(_DataPath(owner, f"{owner}.download.base_url", download["base_url"], "dir", fix))
+    return paths
+
+
+def _exists(data: _DataPath) -> bool:
+    return data.kind == "written" or (os.path.isdir if data.kind == "dir" else os.path.isfile)(data.path)
+
+
+def _made_by_demo(config: dict[str, Any], path: str) -> bool:
+    """True for a path that rule make_demo_data writes (so it may be missing at start-up)."""
+    demo = config.get("demo_data")
+    if not demo:
+        return False
+    made = [DEMO_TRUTH] + ([DEMO_PUBLIC_TABLE, DEMO_PUBLIC_SERVER] if demo.get("n_public") else [])
+    return os.path.normpath(path) in {os.path.normpath(os.path.join(config["input_dir"], name)) for name in made}
+
+
+def _in_demo_folder(path: str) -> bool:
+    """True for a path inside a dataset folder that the demo generator wrote."""
+    from hpa_pipeline.io.folders import is_synthetic
+
+    absolute = Path(path).absolute()
+    return any(is_synthetic(folder) for folder in (absolute, *absolute.parents))
+
+
+def _listing(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def check_input_paths(config: dict[str, Any]) -> None:
-    """Check the data folders the config names against the disk, before the DAG is built.
+    """Check the data paths the config names against the disk, before the DAG is built.
 
     Catches what a demo config copied for one's own data carries over: ``demo_data`` next to an
-    ``input_dir`` of real images (the demo would write over them) and a ``truth_dir`` that no rule makes.
+    ``input_dir`` of real images (the demo would write over them), keys that name the demo's files
+    (``truth_dir``, the demo's public set ``extra_train_sets.pubhpa``) and paths that no rule makes.
     Relative paths are taken from the working directory (the workflow's).
 
     Raises:
-        ConfigError: one sentence naming the key and the fix.
+        ConfigError: one sentence naming the key(s) and the fix; following it gives a config that runs.
     """
-    import os
-
     from hpa_pipeline.io.folders import SYNTHETIC_MARKER, holds_real_images
 
     input_dir = str(config["input_dir"])
-    demo = bool(config.get("demo_data"))
-    if demo and holds_real_images(input_dir):
+    real_images = holds_real_images(input_dir)
+    paths = _data_paths(config)
+    if config.get("demo_data") and real_images:
+        # without demo_data, what it makes is missing; what it made is synthetic: both go with it
+        demo_keys = [data.owner for data in paths if not _exists(data) or _in_demo_folder(data.path)]
+        keys = list(dict.fromkeys(["demo_data", *demo_keys]))
         raise ConfigError(
             f"demo_data is set, but input_dir {input_dir} holds images that the demo generator did not write "
-            f"(no {SYNTHETIC_MARKER} file), so the demo would replace them: remove demo_data and truth_dir from "
-            f"the config, or write a config for this folder with `hpa-pipeline init-config --input-dir {input_dir} "
-            "--out my.yaml` (a demo dataset made before hpa-pipeline 0.2.0 has no marker: `make clean-demo`)"
+            f"(no {SYNTHETIC_MARKER} file), so the demo would replace them: remove {_listing(keys)} from the "
+            f"config (the demo's data), or write a config for this folder with `hpa-pipeline init-config "
+            f"--input-dir {input_dir} --out my.yaml` (a demo dataset made before hpa-pipeline 0.2.0 has no "
+            "marker: `make clean-demo`)"
         )
-    truth_dir = config.get("truth_dir")
-    if truth_dir:
-        # rule make_demo_data writes input_dir/truth, so only then may the folder be missing at start-up
-        made_by_demo = demo and os.path.normpath(truth_dir) == os.path.normpath(os.path.join(input_dir, "truth"))
-        if not made_by_demo and not os.path.isdir(truth_dir):
+    if real_images:
+        synthetic = [data for data in paths if _in_demo_folder(data.path)]
+        if synthetic:
+            owners = list(dict.fromkeys(data.owner for data in synthetic))
             raise ConfigError(
-                f"truth_dir: {truth_dir} does not exist and no rule makes it (only demo_data writes one, into "
-                "input_dir/truth): remove truth_dir from the config unless you have per-cell truth for your images"
+                f"{_listing([f'{data.key} ({data.path})' for data in synthetic])} lie in the demo's synthetic "
+                f"data (a folder the demo generator wrote), but input_dir {input_dir} holds your own images: "
+                f"remove {_listing(owners)} from the config"
             )
+    for data in paths:
+        if not _exists(data) and not _made_by_demo(config, data.path):
+            made = {"truth_dir": DEMO_TRUTH, "tsv": DEMO_PUBLIC_TABLE, "base_url": DEMO_PUBLIC_SERVER}
+            what = made.get(data.key.rsplit(".", 1)[-1])
+            only_demo = f" (only demo_data writes one, into input_dir/{what})" if what else ""
+            raise ConfigError(f"{data.key}: {data.path} does not exist and no rule makes it{only_demo}: {data.fix}")
 
 
 # ------------------------------------------------------------------------------------------- tasks

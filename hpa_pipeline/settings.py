@@ -21,6 +21,14 @@ from hpa_pipeline.labels import TASK_CELLS, TASK_IMAGES, TASKS
 #: Keys the workflow adds to a model's own settings (they are not config keys of a model).
 RESOLVED_KEYS = ("name", "seed", "n_folds", "task")
 
+#: Settings that change how a model's jobs run, not what they compute: the workflow hands them to its jobs
+#: outside the rule params (:func:`hpa_pipeline.config.job_settings`), so changing one reruns nothing, and a
+#: checkpoint is resumed across a change (:meth:`ModelSettings.digest` leaves them out). Each changes at most
+#: the float rounding, as another GPU or thread count does. compile: the same training step through
+#: torch.compile's fused kernels; channels_last: the memory layout on CUDA (none on the CPU);
+#: predict_batch_size: images per forward pass at prediction, where each image's result is its own (eval mode).
+MODEL_JOB_SETTINGS = ("compile", "channels_last", "predict_batch_size")
+
 #: The losses a model may combine (``loss: {name: weight}``); see :mod:`hpa_pipeline.train.losses`.
 LOSS_NAMES = ("bce", "focal", "lovasz_hinge", "hard_example")
 
@@ -167,19 +175,25 @@ class ModelSettings:
         return settings
 
     @classmethod
-    def from_json(cls, text: str) -> ModelSettings:
+    def from_json(cls, text: str, job_settings: dict[str, dict[str, Any]] | None = None) -> ModelSettings:
+        """Build from JSON; ``job_settings`` (by model name, the workflow's) fills in the
+        :data:`MODEL_JOB_SETTINGS` that the JSON leaves out."""
         try:
             values = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"model settings are not valid JSON: {exc}") from exc
-        return cls.from_dict(values)
+        if not isinstance(values, dict):
+            raise ConfigError(f"model settings are not a JSON object: {text[:80]}")
+        return cls.from_dict({**(job_settings or {}).get(values.get("name"), {}), **values})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        """sha256 of the canonical JSON: a checkpoint is only resumed under identical settings."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """sha256 of the canonical JSON without the job settings: a checkpoint is only resumed under
+        identical settings, whatever the job ran with (compile, channels_last, ...)."""
+        values = {key: value for key, value in self.to_dict().items() if key not in MODEL_JOB_SETTINGS}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
     @property
     def eval_batch_size(self) -> int:

@@ -9,6 +9,7 @@ from hpa_pipeline.config import (
     check_input_paths,
     download_settings,
     ensemble_stage,
+    export_job_settings,
     model_stage,
     resolve_model,
     settings_json,
@@ -46,9 +47,11 @@ TRUTH_DIR = config.get("truth_dir")
 N_FOLDS = config["folds"]["n_folds"]
 DUPLICATES = config.get("duplicates") or {}
 DUPLICATE_GROUPS = "results/duplicates/groups.csv"
-# GPU jobs read it when they claim a GPU; not a rule param, because it changes how jobs share a GPU,
-# not what they compute, so changing it reruns nothing.
+# Settings that change how jobs run, not what they compute (GPU sharing, devices, download workers, retries
+# and timeout, a model's compile, channels_last and predict_batch_size) reach the jobs through the
+# environment, not as params: Snakemake reruns a job whose params change, and everything below it.
 share_gpus(config.get("jobs_per_gpu", 1))
+export_job_settings(config)
 FOLDS = list(range(N_FOLDS))
 
 
@@ -102,9 +105,9 @@ def download_tsv_input(dataset):
 
 
 def download_options(dataset):
+    """What the download fetches; its workers, retries and timeout are job settings (export_job_settings)."""
     settings = download_settings(config, dataset)
-    options = f"--tsv {settings['tsv']} --base-url {settings['base_url']} --workers {settings['workers']} "
-    options += f"--retries {settings['retries']} --timeout {settings['timeout']} --format {settings['format']} "
+    options = f"--tsv {settings['tsv']} --base-url {settings['base_url']} --format {settings['format']} "
     options += f"--max-failed-fraction {settings['max_failed_fraction']}"
     if settings["limit"]:
         options += f" --limit {settings['limit']}"
@@ -236,6 +239,7 @@ def model_settings(name):
 
 
 def model_settings_json(wildcards):
+    """The model's resolved settings without its job settings (compile, ...: export_job_settings)."""
     return settings_json(model_settings(wildcards.model))
 
 

@@ -53,7 +53,7 @@ rule download_extra_set:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "hpa-pipeline download-public {params.options} --out-images {params.images} "
+        "hpa-pipeline download-public {params.options} --dataset {wildcards.dataset} --out-images {params.images} "
         "--out-table {output.table} --out-failed {output.failed} > {log} 2>&1"
 
 

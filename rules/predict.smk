@@ -10,7 +10,6 @@ rule predict_valid:
     params:
         settings=model_settings_json,
         data=data_options,
-        device=config.get("train_device", "auto"),
     threads: 4
     resources:
         gpu=1,
@@ -22,7 +21,7 @@ rule predict_valid:
         "../envs/pipeline.yaml"
     shell:
         "hpa-pipeline predict --settings {params.settings:q} --checkpoint {input.checkpoint} "
-        "--fold {wildcards.fold} {params.data} --device {params.device} --threads {threads} "
+        "--fold {wildcards.fold} {params.data} --threads {threads} "
         "--out {output} > {log} 2>&1"
 
 
@@ -52,7 +51,6 @@ rule predict_test:
     params:
         settings=model_settings_json,
         data=data_options,
-        device=config.get("train_device", "auto"),
     threads: 4
     resources:
         gpu=1,
@@ -64,4 +62,4 @@ rule predict_test:
         "../envs/pipeline.yaml"
     shell:
         "hpa-pipeline predict --settings {params.settings:q} --checkpoint {input.checkpoint} "
-        "{params.data} --device {params.device} --threads {threads} --out {output} > {log} 2>&1"
+        "{params.data} --threads {threads} --out {output} > {log} 2>&1"

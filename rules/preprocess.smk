@@ -32,7 +32,6 @@ rule segment:
         source_option=segment_source_option,
         scale_factor=lambda wildcards: segment_settings(wildcards.dataset)["scale_factor"],
         backend=SEGMENT_BACKEND,
-        device=(config.get("segment") or {}).get("device", "auto"),
         weights=hpacellseg_options(),
     threads: 1
     resources:
@@ -46,7 +45,7 @@ rule segment:
     shell:
         "hpa-pipeline segment --index {input.index} --shard {wildcards.shard} "
         "{params.source_option} --scale-factor {params.scale_factor} "
-        "--backend {params.backend} --device {params.device} {params.weights} "
+        "--backend {params.backend} {params.weights} "
         "--threads {threads} --out {output} > {log} 2>&1"
 
 

@@ -42,7 +42,6 @@ rule train_model:
         data=data_options,
         checkpoint_dir=checkpoint_dir("{model}", "{fold}"),
         out_dir=lambda wildcards, output: os.path.dirname(output.model),
-        device=config.get("train_device", "auto"),
     threads: 4
     resources:
         gpu=1,
@@ -54,5 +53,5 @@ rule train_model:
         "../envs/pipeline.yaml"
     shell:
         "hpa-pipeline train --settings {params.settings:q} --fold {wildcards.fold} {params.data} "
-        "--checkpoint-dir {params.checkpoint_dir} --out-dir {params.out_dir} --device {params.device} "
+        "--checkpoint-dir {params.checkpoint_dir} --out-dir {params.out_dir} "
         "--threads {threads} > {log} 2>&1"

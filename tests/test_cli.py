@@ -1,3 +1,5 @@
+import json
+import logging
 import re
 from pathlib import Path
 
@@ -54,3 +56,29 @@ def test_bad_arguments_exit_with_usage(capsys):
         main(["index", "--shards", "x"])
     assert exit_info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_download_takes_the_workflows_job_settings_of_its_dataset(tmp_path, monkeypatch, caplog):
+    """The workflow hands workers, retries and timeout over in the environment (no rule params); an
+    option given on the command line wins."""
+    from hpa_pipeline.config import JOB_SETTINGS_ENV
+    from hpa_pipeline.data.synth import write_demo_dataset
+
+    write_demo_dataset(tmp_path / "demo", n_train=1, n_test=1, image_size=64, n_public=2, progress=False)
+    caplog.set_level(logging.INFO, logger="hpa_pipeline")
+    job = {"downloads": {"pubhpa": {"workers": 3, "retries": 1, "timeout": 7}, "other": {"workers": 9}}}
+    monkeypatch.setenv(JOB_SETTINGS_ENV, json.dumps(job))
+    command = ["download-public", "--tsv", str(tmp_path / "demo/public_hpa/kaggle_2021.tsv"),
+               "--base-url", str(tmp_path / "demo/public_hpa/server"), "--out-images", str(tmp_path / "images"),
+               "--out-table", str(tmp_path / "labels.csv"), "--out-failed", str(tmp_path / "failed.csv"),
+               "--dataset", "pubhpa"]  # fmt: skip
+    assert main(command) == 0
+    assert "downloading with 3 workers, 1 retries, a 7 s timeout" in caplog.messages
+    assert len((tmp_path / "labels.csv").read_text().splitlines()) == 3
+    caplog.clear()
+    assert main([*command, "--workers", "2"]) == 0
+    assert "downloading with 2 workers, 1 retries, a 7 s timeout" in caplog.messages
+    monkeypatch.delenv(JOB_SETTINGS_ENV)
+    caplog.clear()
+    assert main(command) == 0
+    assert "downloading with 16 workers, 4 retries, a 60 s timeout" in caplog.messages

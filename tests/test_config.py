@@ -1,12 +1,19 @@
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO
+from workflow_helpers import REPO, copy_workflow, snakemake
 
 from hpa_pipeline.config import (
+    JOB_SETTINGS_ENV,
     check_config,
+    check_input_paths,
     download_settings,
+    export_job_settings,
+    exported_job_settings,
+    job_settings,
     resolve_model,
     settings_json,
     train_datasets,
@@ -170,3 +177,181 @@ def test_the_2021_task_requires_its_cell_keys(demo_config):
     del demo_config["segment"]
     with pytest.raises(ConfigError, match="segment is required by task hpa2021-cells"):
         check_config(demo_config)
+
+
+# ------------------------------------------------------------------------------------- job settings
+
+
+def test_settings_json_leaves_out_what_only_changes_how_a_job_runs(demo_config):
+    before = settings_json(resolve_model(demo_config, "cam_effnet_192"))
+    demo_config["model_defaults"]["image"].update(compile=True, channels_last=False, predict_batch_size=3)
+    assert settings_json(resolve_model(demo_config, "cam_effnet_192")) == before
+    assert '"compile"' not in before and '"epochs":2' in before
+    demo_config["models"]["cam_effnet_192"]["epochs"] = 3
+    assert settings_json(resolve_model(demo_config, "cam_effnet_192")) != before
+
+
+def test_job_settings_carry_downloads_devices_and_model_settings(demo_config, monkeypatch):
+    demo_config["models"]["cam_effnet_192"]["compile"] = True
+    settings = job_settings(demo_config)
+    assert settings["downloads"] == {"pubhpa": {"workers": 2, "retries": 2, "timeout": 10}}
+    assert settings["train_device"] == "auto" and settings["segment_device"] == "cpu"
+    assert settings["models"]["cam_effnet_192"] == {"compile": True}
+    assert settings["models"]["cam_resnet_192"] == {}
+    monkeypatch.delenv(JOB_SETTINGS_ENV, raising=False)
+    assert exported_job_settings() == {}
+    export_job_settings(demo_config)
+    assert exported_job_settings() == settings
+
+
+def test_unreadable_exported_job_settings_name_the_variable(monkeypatch):
+    monkeypatch.setenv(JOB_SETTINGS_ENV, "{workers")
+    with pytest.raises(ConfigError, match=f"\\${JOB_SETTINGS_ENV} is not valid JSON"):
+        exported_job_settings()
+
+
+# ---------------------------------------------------------------------------------------- input paths
+
+
+@pytest.fixture
+def in_workdir(tmp_path, monkeypatch):
+    """The demo config's relative paths taken from an empty working directory (no demo data yet)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_the_demo_config_before_its_data_exists_passes(demo_config, in_workdir):
+    check_input_paths(demo_config)
+
+
+def test_demo_config_on_real_images_names_every_key_of_the_demos_data(demo_config, in_workdir, tiny_dataset):
+    demo_config["input_dir"] = str(tiny_dataset)
+    with pytest.raises(ConfigError) as error:
+        check_input_paths(demo_config)
+    assert "remove demo_data, truth_dir and extra_train_sets.pubhpa from the config (the demo's data)" in str(
+        error.value
+    )
+
+
+def test_the_demos_public_list_without_demo_data_is_named(demo_config, in_workdir, tiny_dataset):
+    del demo_config["demo_data"], demo_config["truth_dir"]
+    demo_config["input_dir"] = str(tiny_dataset)
+    with pytest.raises(ConfigError) as error:
+        check_input_paths(demo_config)
+    assert str(error.value) == (
+        "extra_train_sets.pubhpa.download.tsv: resources/demo_data/public_hpa/kaggle_2021.tsv does not exist and "
+        "no rule makes it (only demo_data writes one, into input_dir/public_hpa/kaggle_2021.tsv): remove "
+        "extra_train_sets.pubhpa from the config, or point tsv at the public image list (a file or an http(s) URL)"
+    )
+
+
+def test_the_demos_data_next_to_real_images_is_named(demo_config, in_workdir, tiny_dataset):
+    """After `make demo`, the demo's truth and public list exist, but they are synthetic."""
+    from hpa_pipeline.data.synth import write_demo_dataset
+
+    write_demo_dataset(
+        in_workdir / "resources/demo_data", n_train=1, n_test=1, image_size=64, n_public=1, progress=False
+    )
+    del demo_config["demo_data"]
+    demo_config["input_dir"] = str(tiny_dataset)
+    with pytest.raises(ConfigError) as error:
+        check_input_paths(demo_config)
+    assert str(error.value).startswith("truth_dir (resources/demo_data/truth), extra_train_sets.pubhpa.images")
+    assert str(error.value).endswith(
+        f"but input_dir {tiny_dataset} holds your own images: remove truth_dir and extra_train_sets.pubhpa from "
+        "the config"
+    )
+
+
+def test_a_missing_table_of_an_extra_set_is_named(demo_config, in_workdir, tiny_dataset):
+    del demo_config["demo_data"], demo_config["truth_dir"]
+    demo_config["input_dir"] = str(tiny_dataset)
+    demo_config["extra_train_sets"] = {
+        "mine": {"images": str(tiny_dataset / "train"), "table": "mine.csv", "shards": 1}
+    }
+    with pytest.raises(
+        ConfigError, match=r"^extra_train_sets.mine.table: mine.csv does not exist and no rule makes it: "
+    ):
+        check_input_paths(demo_config)
+    (in_workdir / "mine.csv").write_text("ID,Label\n")
+    check_input_paths(demo_config)
+
+
+# ------------------------------------------------------------------------ a finished run and its job settings
+
+
+def planned_jobs(workdir: Path, config: dict, *options: str) -> dict[str, int]:
+    """The jobs that `snakemake submission -n` plans for ``config`` in ``workdir``, by rule ({}: nothing to do)."""
+    (workdir / "configs/changed.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "submission", "--configfile", "configs/changed.yaml", "-n", *options)
+    output = result.stdout + result.stderr
+    if "Nothing to be done" in output:
+        return {}
+    table = re.search(r"^job\s+count\n-+\s+-+\n(.*?)^total", output, re.MULTILINE | re.DOTALL)
+    assert table, output[-3000:]
+    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table.group(1), re.MULTILINE)}
+
+
+@pytest.fixture(scope="module")
+def finished_demo(tmp_path_factory) -> Path:
+    """The demo's workflow as a finished run whose download table is over 1 MB.
+
+    The demo data and the public set's download are made for real; the download's table is then that of
+    the full public set (80,000 images: Snakemake checksums only files up to 1,000,000 bytes, so an unchanged
+    table could not spare the jobs below a rerun download), and every later output is put in place and
+    recorded by `snakemake --touch`, which stores the params, code and inputs of each job as a run does.
+    """
+    workdir = copy_workflow(tmp_path_factory.mktemp("finished"))
+    table = workdir / "results/pubhpa/download/labels.csv"
+    snakemake(workdir, str(table.relative_to(workdir)), "--configfile", "configs/demo.yaml", "--cores", "1")
+    log = (workdir / "logs/download_extra_set/pubhpa.log").read_text()
+    assert "downloading with 2 workers, 2 retries, a 10 s timeout" in log  # the config's, through the environment
+    rows = table.read_text().splitlines()
+    rows += [f"{10000 + i}_{i % 997}_B{i % 12}_{i % 4},{i % 19}|{(i + 7) % 19}" for i in range(80000)]
+    table.write_text("\n".join(rows) + "\n")
+    assert table.stat().st_size > 1_000_000
+    summary = snakemake(workdir, "submission", "--configfile", "configs/demo.yaml", "--summary").stdout
+    for line in summary.splitlines()[1:]:
+        path, *_, status, _plan = line.split("\t")
+        if status == "missing":
+            path = workdir / path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir() if path.suffix == ".zarr" else path.write_text("")
+    snakemake(workdir, "submission", "--configfile", "configs/demo.yaml", "--touch", "--forceall", "--cores", "1")
+    return workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("extra_train_sets.pubhpa.download.workers", 5),
+        ("extra_train_sets.pubhpa.download.retries", 5),
+        ("extra_train_sets.pubhpa.download.timeout", 30),
+        ("model_defaults.image.compile", True),
+        ("model_defaults.cell.channels_last", False),
+        ("models.cam_effnet_192.predict_batch_size", 4),
+        ("train_device", "cpu"),
+        ("segment.device", "auto"),
+        ("jobs_per_gpu", 4),
+    ],
+)
+def test_changing_a_job_setting_of_a_finished_run_reruns_nothing(finished_demo, demo_config, path, value):
+    assert planned_jobs(finished_demo, edit(demo_config, path, value)) == {}
+
+
+@pytest.mark.slow
+def test_changing_threads_of_a_finished_run_reruns_nothing(finished_demo, demo_config):
+    threads = ["train_model=1", "predict_valid=2", "resize_image=1", "segment=2", "download_extra_set=3"]
+    assert planned_jobs(finished_demo, demo_config, "--cores", "1", "--set-threads", *threads) == {}
+
+
+@pytest.mark.slow
+def test_changing_what_a_finished_run_computes_reruns_it(finished_demo, demo_config):
+    """The control: the same finished run does rerun for settings that change results."""
+    assert planned_jobs(finished_demo, demo_config) == {}
+    limited = planned_jobs(finished_demo, edit(demo_config, "extra_train_sets.pubhpa.download.limit", 4))
+    assert limited["download_extra_set"] == 1 and limited["train_model"] == 20 and sum(limited.values()) == 89
+    # cam_effnet_192, the model initialised from it and the stage-2 and stage-3 models trained on its ensemble
+    longer = planned_jobs(finished_demo, edit(demo_config, "models.cam_effnet_192.epochs", 3))
+    assert longer["train_model"] == 2 + 2 + 4 + 8 and "download_extra_set" not in longer

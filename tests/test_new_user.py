@@ -72,6 +72,31 @@ def test_demo_config_on_real_images_names_demo_data_and_the_fix(tmp_path, tiny_d
     assert not (workdir / "results").exists()
 
 
+def test_following_the_demo_configs_advice_literally_gives_a_config_that_runs(tmp_path, tiny_dataset):
+    """The error's advice, done to the letter: remove exactly the keys it names, and nothing else."""
+    workdir = copy_workflow(tmp_path / "work")
+    config = yaml.safe_load((workdir / "configs/demo.yaml").read_text())
+    config["input_dir"] = str(tiny_dataset)
+    (workdir / "configs/mine.yaml").write_text(yaml.safe_dump(config))
+    refused = snakemake(workdir, "submission", "--configfile", "configs/mine.yaml", "-n", check=False)
+    assert refused.returncode != 0
+    advice = re.search(r"so the demo would replace them: remove (.+?) from the config", terminal(refused))
+    assert advice, terminal(refused)[-3000:]
+    keys = re.split(r", | and ", advice.group(1))
+    assert keys == ["demo_data", "truth_dir", "extra_train_sets.pubhpa"]
+    for key in keys:
+        *parents, name = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        del node[name]
+    (workdir / "configs/mine.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "submission", "--configfile", "configs/mine.yaml", "-n", check=False)
+    assert result.returncode == 0, terminal(result)[-3000:]
+    assert "MissingInputException" not in terminal(result)
+    assert re.search(r"^train_model\s+20$", result.stdout, re.MULTILINE)
+
+
 def test_truth_dir_that_nothing_makes_names_the_key_and_the_fix(tmp_path, tiny_dataset):
     workdir = copy_workflow(tmp_path / "work")
     config = yaml.safe_load((workdir / "configs/demo.yaml").read_text())

@@ -7,6 +7,7 @@ from test_loop import IMAGE_SETTINGS
 
 from hpa_pipeline.errors import ConfigError, InputDataError
 from hpa_pipeline.settings import (
+    MODEL_JOB_SETTINGS,
     ModelData,
     ModelSettings,
     kind_only_settings,
@@ -78,3 +79,21 @@ def test_settings_round_trip_through_json_and_digest():
 def test_unknown_setting_is_named():
     with pytest.raises(ConfigError, match="unknown setting.*learning_rate"):
         ModelSettings.from_dict(dict(IMAGE_SETTINGS, learning_rate=1))
+
+
+def test_job_settings_fill_in_only_what_the_json_leaves_out():
+    import json
+
+    values = {key: value for key, value in IMAGE_SETTINGS.items() if key not in MODEL_JOB_SETTINGS}
+    job = {IMAGE_SETTINGS["name"]: {"compile": True, "predict_batch_size": 3}, "other": {"compile": False}}
+    settings = ModelSettings.from_json(json.dumps(values), job)
+    assert settings.compile is True and settings.predict_batch_size == 3 and settings.channels_last is True
+    given = ModelSettings.from_json(json.dumps(dict(values, predict_batch_size=5)), job)
+    assert given.predict_batch_size == 5 and given.compile is True
+
+
+def test_a_checkpoint_is_resumed_across_a_change_of_job_settings():
+    settings = ModelSettings.from_dict(IMAGE_SETTINGS)
+    for key, value in (("compile", True), ("channels_last", False), ("predict_batch_size", 7)):
+        assert ModelSettings.from_dict(dict(IMAGE_SETTINGS, **{key: value})).digest() == settings.digest()
+    assert ModelSettings.from_dict(dict(IMAGE_SETTINGS, tta=4)).digest() != settings.digest()
