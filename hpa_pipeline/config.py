@@ -343,7 +343,7 @@ def check_input_paths(config: dict[str, Any]) -> None:
     Raises:
         ConfigError: one sentence naming the key(s) and the fix; following it gives a config that runs.
     """
-    from hpa_pipeline.io.folders import SYNTHETIC_MARKER, holds_real_images
+    from hpa_pipeline.io.folders import SYNTHETIC_MARKER, holds_images, holds_real_images
 
     input_dir = str(config["input_dir"])
     real_images = holds_real_images(input_dir)
@@ -368,6 +368,8 @@ def check_input_paths(config: dict[str, Any]) -> None:
                 f"data (a folder the demo generator wrote), but input_dir {input_dir} holds your own images: "
                 f"remove {_listing(owners)} from the config"
             )
+    if not config.get("demo_data") and not holds_images(input_dir):
+        return  # no data yet (a fresh checkout of the full config): linting and listing rules still work
     for data in paths:
         if not _exists(data) and not _made_by_demo(config, data.path):
             made = {"truth_dir": DEMO_TRUTH, "tsv": DEMO_PUBLIC_TABLE, "base_url": DEMO_PUBLIC_SERVER}
