@@ -84,55 +84,81 @@ def _demo_data(args: argparse.Namespace) -> None:
 
 
 def _download_public_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tsv", required=True, help="the public image list (kaggle_2021.tsv): a path or a URL")
+    from hpa_pipeline.config import DOWNLOAD_DEFAULTS, DOWNLOAD_SOURCES
+
+    parser.add_argument(
+        "--source",
+        choices=tuple(DOWNLOAD_SOURCES),
+        default="hpa2021",
+        help="the image list: hpa2021 (kaggle_2021.tsv, .tif.gz files) or hpa_v18 (the 2018 external set's "
+        "Id,Target list, .jpg files) (default: %(default)s)",
+    )
+    parser.add_argument("--tsv", required=True, help="the image list of --source: a path or a URL")
     parser.add_argument(
         "--base-url",
-        default="https://images.proteinatlas.org",
-        help="replaces the scheme and host of the list's URLs (default: %(default)s)",
+        help="what precedes the list's URL paths, or a local mirror folder (default: the source's server, "
+        + ", ".join(f"{name} {spec['base_url']}" for name, spec in DOWNLOAD_SOURCES.items())
+        + ")",
     )
     parser.add_argument("--out-images", required=True, type=Path, help="folder of {ID}_{channel} files and manifest")
-    parser.add_argument("--out-table", required=True, type=Path, help="ID,Label CSV of the downloaded images")
+    parser.add_argument(
+        "--out-table", required=True, type=Path, help="labels of the downloaded images, in the task's train.csv format"
+    )
     parser.add_argument("--out-failed", required=True, type=Path, help="ID,reason CSV of the failed images")
     parser.add_argument(
-        "--workers", type=int, default=16, help="images downloaded at the same time (default: %(default)s)"
+        "--workers",
+        type=int,
+        default=DOWNLOAD_DEFAULTS["workers"],
+        help="images downloaded at the same time (default: %(default)s)",
     )
     parser.add_argument(
-        "--retries", type=int, default=4, help="extra tries of a file after a transient failure (default: %(default)s)"
+        "--retries",
+        type=int,
+        default=DOWNLOAD_DEFAULTS["retries"],
+        help="extra tries of a file after a transient failure (default: %(default)s)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds a request may wait for the server (default: %(default)s)"
+        "--timeout",
+        type=float,
+        default=DOWNLOAD_DEFAULTS["timeout"],
+        help="seconds a request may wait for the server (default: %(default)s)",
     )
     parser.add_argument(
         "--max-failed-fraction",
         type=float,
-        default=0.05,
+        default=DOWNLOAD_DEFAULTS["max_failed_fraction"],
         help="fail, writing no --out-table, if a larger share of the images failed (default: %(default)s)",
     )
-    parser.add_argument("--limit", type=int, help="only the first N images of the list (a quick look)")
+    parser.add_argument(
+        "--limit", type=int, default=DOWNLOAD_DEFAULTS["limit"], help="only the first N images of the list"
+    )
     parser.add_argument(
         "--format",
-        choices=("tif", "png"),
-        default="tif",
-        help="file type written; both keep 16-bit pixels (default: %(default)s)",
+        choices=sorted({fmt for spec in DOWNLOAD_SOURCES.values() for fmt in spec["formats"]}),
+        help="file type written (default: the source's first): "
+        + "; ".join(f"{name} {', '.join(spec['formats'])}" for name, spec in DOWNLOAD_SOURCES.items())
+        + " (tif and png keep 16-bit pixels, jpg is the server's file as served)",
     )
 
 
-@subcommand("download-public", "download the public HPA images of the image list", _download_public_arguments)
+@subcommand("download-public", "download the public HPA images of an image list", _download_public_arguments)
 def _download_public(args: argparse.Namespace) -> None:
-    from hpa_pipeline.data.download import download_images, read_public_table, write_download_outputs
+    from hpa_pipeline.config import DOWNLOAD_SOURCES
+    from hpa_pipeline.data.download import download_images, read_image_list, write_download_outputs
 
-    table = read_public_table(args.tsv, timeout=args.timeout)
+    table = read_image_list(args.tsv, args.source, timeout=args.timeout)
     result = download_images(
         table,
-        args.base_url,
+        args.base_url or DOWNLOAD_SOURCES[args.source]["base_url"],
         args.out_images,
         workers=args.workers,
         retries=args.retries,
         timeout=args.timeout,
         limit=args.limit,
         image_format=args.format,
+        source=args.source,
     )
-    write_download_outputs(result, table, args.out_table, args.out_failed, args.max_failed_fraction)
+    write_download_outputs(result, table, args.out_table, args.out_failed, args.max_failed_fraction, args.source)
 
 
 def _init_config_arguments(parser: argparse.ArgumentParser) -> None:

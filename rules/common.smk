@@ -106,6 +106,8 @@ def download_options(dataset):
     options = f"--tsv {settings['tsv']} --base-url {settings['base_url']} --workers {settings['workers']} "
     options += f"--retries {settings['retries']} --timeout {settings['timeout']} --format {settings['format']} "
     options += f"--max-failed-fraction {settings['max_failed_fraction']}"
+    if settings["source"] != "hpa2021":  # the CLI's default: 2021 params stay as they were, nothing reruns
+        options += f" --source {settings['source']}"
     if settings["limit"]:
         options += f" --limit {settings['limit']}"
     return options

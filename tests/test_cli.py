@@ -54,3 +54,14 @@ def test_bad_arguments_exit_with_usage(capsys):
         main(["index", "--shards", "x"])
     assert exit_info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_download_public_defaults_are_the_workflows(tmp_path):
+    from hpa_pipeline.config import DOWNLOAD_DEFAULTS
+
+    args = build_parser().parse_args(
+        ["download-public", "--tsv", "list.csv", "--out-images", "i", "--out-table", "t.csv", "--out-failed", "f.csv"]
+    )
+    assert args.max_failed_fraction == 0.01
+    assert {key: getattr(args, key) for key in DOWNLOAD_DEFAULTS} == DOWNLOAD_DEFAULTS
+    assert (args.source, args.base_url, args.format) == ("hpa2021", None, None)  # the source's server and type
