@@ -68,7 +68,7 @@ def decode_jpeg_channel(data: bytes, channel: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
             image.load()  # the whole file, so that a truncated one fails here
-            mode, pixels = image.mode, np.asarray(image)
+            mode, pixels = image.mode, np.array(image)  # writable, like the other readers' arrays
     except UnidentifiedImageError as exc:
         raise ValueError("not a JPEG file") from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError and others for broken files
