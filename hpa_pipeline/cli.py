@@ -84,60 +84,86 @@ def _demo_data(args: argparse.Namespace) -> None:
 
 
 def _download_public_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tsv", required=True, help="the public image list (kaggle_2021.tsv): a path or a URL")
+    from hpa_pipeline.config import DOWNLOAD_DEFAULTS, DOWNLOAD_SOURCES
+
+    parser.add_argument(
+        "--source",
+        choices=tuple(DOWNLOAD_SOURCES),
+        default="hpa2021",
+        help="the image list: hpa2021 (kaggle_2021.tsv, .tif.gz files) or hpa_v18 (the 2018 external set's "
+        "Id,Target list, .jpg files) (default: %(default)s)",
+    )
+    parser.add_argument("--tsv", required=True, help="the image list of --source: a path or a URL")
     parser.add_argument(
         "--base-url",
-        default="https://images.proteinatlas.org",
-        help="replaces the scheme and host of the list's URLs (default: %(default)s)",
+        help="what precedes the list's URL paths, or a local mirror folder (default: the source's server, "
+        + ", ".join(f"{name} {spec['base_url']}" for name, spec in DOWNLOAD_SOURCES.items())
+        + ")",
     )
     parser.add_argument("--out-images", required=True, type=Path, help="folder of {ID}_{channel} files and manifest")
-    parser.add_argument("--out-table", required=True, type=Path, help="ID,Label CSV of the downloaded images")
+    parser.add_argument(
+        "--out-table", required=True, type=Path, help="labels of the downloaded images, in the task's train.csv format"
+    )
     parser.add_argument("--out-failed", required=True, type=Path, help="ID,reason CSV of the failed images")
     parser.add_argument(
         "--dataset",
         help="the workflow's extra set being downloaded: --workers, --retries and --timeout default to its "
         "settings, which the workflow passes in $HPA_PIPELINE_JOB_SETTINGS",
     )
-    parser.add_argument("--workers", type=int, help="images downloaded at the same time (default: 16)")
-    parser.add_argument("--retries", type=int, help="extra tries of a file after a transient failure (default: 4)")
-    parser.add_argument("--timeout", type=float, help="seconds a request may wait for the server (default: 60)")
+    parser.add_argument(
+        "--workers", type=int, help=f"images downloaded at the same time (default: {DOWNLOAD_DEFAULTS['workers']})"
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        help=f"extra tries of a file after a transient failure (default: {DOWNLOAD_DEFAULTS['retries']})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        help=f"seconds a request may wait for the server (default: {DOWNLOAD_DEFAULTS['timeout']})",
+    )
     parser.add_argument(
         "--max-failed-fraction",
         type=float,
-        default=0.05,
+        default=DOWNLOAD_DEFAULTS["max_failed_fraction"],
         help="fail, writing no --out-table, if a larger share of the images failed (default: %(default)s)",
     )
-    parser.add_argument("--limit", type=int, help="only the first N images of the list (a quick look)")
+    parser.add_argument(
+        "--limit", type=int, default=DOWNLOAD_DEFAULTS["limit"], help="only the first N images of the list"
+    )
     parser.add_argument(
         "--format",
-        choices=("tif", "png"),
-        default="tif",
-        help="file type written; both keep 16-bit pixels (default: %(default)s)",
+        choices=sorted({fmt for spec in DOWNLOAD_SOURCES.values() for fmt in spec["formats"]}),
+        help="file type written (default: the source's first): "
+        + "; ".join(f"{name} {', '.join(spec['formats'])}" for name, spec in DOWNLOAD_SOURCES.items())
+        + " (tif and png keep 16-bit pixels, jpg is the server's file as served)",
     )
 
 
-@subcommand("download-public", "download the public HPA images of the image list", _download_public_arguments)
+@subcommand("download-public", "download the public HPA images of an image list", _download_public_arguments)
 def _download_public(args: argparse.Namespace) -> None:
-    from hpa_pipeline.config import DOWNLOAD_DEFAULTS, DOWNLOAD_JOB_SETTINGS, exported_job_settings
-    from hpa_pipeline.data.download import download_images, read_public_table, write_download_outputs
+    from hpa_pipeline.config import DOWNLOAD_DEFAULTS, DOWNLOAD_JOB_SETTINGS, DOWNLOAD_SOURCES, exported_job_settings
+    from hpa_pipeline.data.download import download_images, read_image_list, write_download_outputs
 
     # workers, retries and timeout: the options, else the workflow's settings of --dataset, else the defaults
     workflow = exported_job_settings().get("downloads", {}).get(args.dataset, {}) if args.dataset else {}
     given = {key: getattr(args, key) for key in DOWNLOAD_JOB_SETTINGS if getattr(args, key) is not None}
     job = {key: DOWNLOAD_DEFAULTS[key] for key in DOWNLOAD_JOB_SETTINGS} | workflow | given
     log.info("downloading with %(workers)d workers, %(retries)d retries, a %(timeout)g s timeout", job)
-    table = read_public_table(args.tsv, timeout=job["timeout"])
+    table = read_image_list(args.tsv, args.source, timeout=job["timeout"])
     result = download_images(
         table,
-        args.base_url,
+        args.base_url or DOWNLOAD_SOURCES[args.source]["base_url"],
         args.out_images,
         workers=job["workers"],
         retries=job["retries"],
         timeout=job["timeout"],
         limit=args.limit,
         image_format=args.format,
+        source=args.source,
     )
-    write_download_outputs(result, table, args.out_table, args.out_failed, args.max_failed_fraction)
+    write_download_outputs(result, table, args.out_table, args.out_failed, args.max_failed_fraction, args.source)
 
 
 def _init_config_arguments(parser: argparse.ArgumentParser) -> None:

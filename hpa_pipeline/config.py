@@ -30,16 +30,33 @@ def train_datasets(config: dict[str, Any]) -> list[str]:
     return ["train", *(config.get("extra_train_sets") or {})]
 
 
-#: Defaults of an extra set's ``download`` block (the schema's, for configs not validated by Snakemake).
+#: Defaults of an extra set's ``download`` block, the one place they are set: the schema gives none, the
+#: CLI (``hpa-pipeline download-public``) and :func:`download_settings` read them here.
 DOWNLOAD_DEFAULTS: dict[str, Any] = {
-    "base_url": "https://images.proteinatlas.org",
     "workers": 16,
     "retries": 4,
     "timeout": 60,
     "max_failed_fraction": 0.01,
     "limit": None,
-    "format": "tif",
 }
+
+#: The image lists a download reads (``download.source``): the task whose labels the list gives, the image
+#: server (default ``base_url``) and the file types it may store (the first is the default ``format``).
+DOWNLOAD_SOURCES: dict[str, dict[str, Any]] = {
+    # kaggle_2021.tsv: 19-class labels, {Image URL}_{color}.tif.gz, 8 or 16 bit
+    "hpa2021": {"task": TASK_CELLS, "base_url": "https://images.proteinatlas.org", "formats": ("tif", "png")},
+    # HPAv18RGBY_WithoutUncertain_wodpl.csv (Id,Target): 28-class labels, {folder}/{name}_{color}.jpg,
+    # stored as served (re-encoding would lose more)
+    "hpa_v18": {"task": TASK_IMAGES, "base_url": "http://v18.proteinatlas.org/images", "formats": ("jpg",)},
+}
+
+
+def download_source(config: dict[str, Any], dataset: str) -> str:
+    """The image list an extra set's download reads: its ``download.source``, else the task's own."""
+    source = config["extra_train_sets"][dataset]["download"].get("source")
+    if source:
+        return source
+    return next(name for name, spec in DOWNLOAD_SOURCES.items() if spec["task"] == task_of(config))
 
 
 #: Keys of a ``download`` block that change how the download runs, not which images it writes.
@@ -51,7 +68,15 @@ JOB_SETTINGS_ENV = "HPA_PIPELINE_JOB_SETTINGS"
 
 def download_settings(config: dict[str, Any], dataset: str) -> dict[str, Any]:
     """The ``download`` block of extra set ``dataset`` with every default filled in."""
-    return {**DOWNLOAD_DEFAULTS, **config["extra_train_sets"][dataset]["download"]}
+    source = download_source(config, dataset)
+    spec = DOWNLOAD_SOURCES[source]
+    return {
+        **DOWNLOAD_DEFAULTS,
+        "source": source,
+        "base_url": spec["base_url"],
+        "format": spec["formats"][0],
+        **config["extra_train_sets"][dataset]["download"],
+    }
 
 
 def downloaded_sets(config: dict[str, Any]) -> list[str]:
@@ -146,6 +171,7 @@ def check_config(config: dict[str, Any]) -> None:
     Raises:
         ConfigError: naming the offending key and what it should be.
     """
+    _check_extra_sets(config)
     if task_of(config) == TASK_IMAGES:
         _check_image_task(config)
         return
@@ -170,16 +196,38 @@ def check_config(config: dict[str, Any]) -> None:
                     f"segment.hpacellseg.{key} must be set when segment.backend is hpacellseg "
                     "(local weight files from Zenodo record 4665863 and their `sha256sum`)"
                 )
+    _check_models(config, sizes, crop_sizes)
+
+
+def _check_extra_sets(config: dict[str, Any]) -> None:
+    """Extra sets: a free name, a table or a download, and a download the task can read."""
+    task = task_of(config)
     for extra, settings in (config.get("extra_train_sets") or {}).items():
         if extra in ("train", "test"):
             raise ConfigError(f"extra_train_sets.{extra}: the names train and test are taken")
         if ("table" in settings) == ("download" in settings):
             raise ConfigError(
-                f"extra_train_sets.{extra}: give either `table` (an ID,Label CSV of images already in `images`) "
-                "or `download` (fetch the images of a kaggle_2021.tsv-style list into `images`), "
-                + ("not both" if "table" in settings else "one of them")
+                f"extra_train_sets.{extra}: give either `table` (a CSV in the task's train.csv format of images "
+                "already in `images`) or `download` (fetch the images of a kaggle_2021.tsv or HPA v18 list into "
+                "`images`), " + ("not both" if "table" in settings else "one of them")
             )
-    _check_models(config, sizes, crop_sizes)
+        if "download" not in settings:
+            continue
+        where = f"extra_train_sets.{extra}.download"
+        source = download_source(config, extra)
+        spec = DOWNLOAD_SOURCES[source]
+        if spec["task"] != task:
+            # the two tasks' class lists differ (19 and 28 classes) and no mapping between them is defined
+            own = next(name for name, other in DOWNLOAD_SOURCES.items() if other["task"] == task)
+            raise ConfigError(
+                f"{where}.source: {source} lists labels of task {spec['task']}, this config's task is {task}; "
+                f"use source {own}"
+            )
+        image_format = settings["download"].get("format", spec["formats"][0])
+        if image_format not in spec["formats"]:
+            raise ConfigError(
+                f"{where}.format: {image_format} is not a file type of source {source} ({', '.join(spec['formats'])})"
+            )
 
 
 def _check_models(config: dict[str, Any], sizes: list[int], crop_sizes: list[int]) -> None:

@@ -109,6 +109,8 @@ def download_options(dataset):
     settings = download_settings(config, dataset)
     options = f"--tsv {settings['tsv']} --base-url {settings['base_url']} --format {settings['format']} "
     options += f"--max-failed-fraction {settings['max_failed_fraction']}"
+    if settings["source"] != "hpa2021":  # the CLI's default: 2021 params stay as they were, nothing reruns
+        options += f" --source {settings['source']}"
     if settings["limit"]:
         options += f" --limit {settings['limit']}"
     return options

@@ -12,7 +12,9 @@ from conftest import (
 
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import (
+    image_shape,
     read_channel,
+    read_channel_raw,
     read_rgby,
     read_rgby_with_bit_depth,
     to_uint8,
@@ -82,3 +84,47 @@ def test_grey_image_saved_as_rgb_is_accepted_but_colour_is_not(tmp_path):
     cv2.imwrite(str(tmp_path / "colour.png"), colour)
     with pytest.raises(InputDataError, match="colour channels"):
         read_channel(tmp_path / "colour.png")
+
+
+def _jpeg(path, rgb):
+    from PIL import Image
+
+    Image.fromarray(rgb).save(path, format="JPEG", quality=95)
+    return path
+
+
+def test_channel_jpegs_give_the_plane_of_their_colour(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    plane = cv2.GaussianBlur(rng.integers(0, 256, (24, 40), dtype=np.uint8), (0, 0), 2.0)
+    zero = np.zeros_like(plane)
+    colours = {"red": (plane, zero, zero), "green": (zero, plane, zero), "blue": (zero, zero, plane)}
+    colours["yellow"] = (plane, plane, zero)
+    for channel, planes in colours.items():
+        _jpeg(tmp_path / f"a_{channel}.jpg", np.stack(planes, axis=-1))
+    pixels = {channel: np.asarray(Image.open(tmp_path / f"a_{channel}.jpg")) for channel in colours}
+    image, bits = read_rgby_with_bit_depth(tmp_path, "a")
+    assert bits == 8 and image_shape(tmp_path, "a") == (24, 40)
+    np.testing.assert_array_equal(image[0], pixels["red"][..., 0])
+    np.testing.assert_array_equal(image[1], pixels["green"][..., 1])
+    np.testing.assert_array_equal(image[2], pixels["blue"][..., 2])
+    np.testing.assert_array_equal(image[3], (pixels["yellow"][..., 0].astype(int) + pixels["yellow"][..., 1]) // 2)
+
+
+def test_a_broken_or_misnamed_jpeg_names_the_file(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    data = _jpeg(tmp_path / "a_red.jpg", rgb).read_bytes()
+    (tmp_path / "b_red.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        InputDataError, match=r"cannot decode image file .*b_red\.jpg: cannot decode the JPEG \(.*truncated"
+    ):
+        read_channel_raw(tmp_path / "b_red.jpg")
+    (tmp_path / "c_red.jpg").write_bytes(b"<html>")
+    with pytest.raises(InputDataError, match=r"cannot decode image file .*c_red\.jpg: not a JPEG file"):
+        read_channel_raw(tmp_path / "c_red.jpg")
+    (tmp_path / "a_purple.jpg").write_bytes(data)
+    with pytest.raises(
+        InputDataError, match=r"a_purple\.jpg: a channel JPEG is named \{ID\}_\{red,green,blue,yellow\}"
+    ):
+        read_channel_raw(tmp_path / "a_purple.jpg")

@@ -82,3 +82,17 @@ def test_download_takes_the_workflows_job_settings_of_its_dataset(tmp_path, monk
     caplog.clear()
     assert main(command) == 0
     assert "downloading with 16 workers, 4 retries, a 60 s timeout" in caplog.messages
+
+
+def test_download_public_defaults_are_the_workflows(tmp_path):
+    from hpa_pipeline.config import DOWNLOAD_DEFAULTS, DOWNLOAD_JOB_SETTINGS
+
+    args = build_parser().parse_args(
+        ["download-public", "--tsv", "list.csv", "--out-images", "i", "--out-table", "t.csv", "--out-failed", "f.csv"]
+    )
+    assert args.max_failed_fraction == 0.01
+    data_defaults = {key: value for key, value in DOWNLOAD_DEFAULTS.items() if key not in DOWNLOAD_JOB_SETTINGS}
+    assert {key: getattr(args, key) for key in data_defaults} == data_defaults
+    # the job settings default to the workflow's (test_download_takes_the_workflows_job_settings_of_its_dataset)
+    assert [getattr(args, key) for key in DOWNLOAD_JOB_SETTINGS] == [None, None, None]
+    assert (args.source, args.base_url, args.format) == ("hpa2021", None, None)  # the source's server and type

@@ -7,6 +7,7 @@ import yaml
 from workflow_helpers import REPO, copy_workflow, snakemake
 
 from hpa_pipeline.config import (
+    DOWNLOAD_DEFAULTS,
     JOB_SETTINGS_ENV,
     check_config,
     check_input_paths,
@@ -360,3 +361,83 @@ def test_changing_what_a_finished_run_computes_reruns_it(finished_demo, demo_con
     # cam_effnet_192, the model initialised from it and the stage-2 and stage-3 models trained on its ensemble
     longer = planned_jobs(finished_demo, edit(demo_config, "models.cam_effnet_192.epochs", 3))
     assert longer["train_model"] == 2 + 2 + 4 + 8 and "download_extra_set" not in longer
+
+
+# ------------------------------------------------------------------------------------------ downloads
+
+V18_SET = {"images": "data/hpav18", "shards": 1, "download": {"tsv": "data/v18.csv"}}
+
+
+def test_a_2018_download_reads_the_v18_list_from_the_v18_server(demo_2018_config):
+    demo_2018_config["extra_train_sets"] = {"hpav18": copy.deepcopy(V18_SET)}
+    check_config(demo_2018_config)
+    settings = download_settings(demo_2018_config, "hpav18")
+    assert (settings["source"], settings["base_url"], settings["format"]) == (
+        "hpa_v18",
+        "http://v18.proteinatlas.org/images",
+        "jpg",
+    )
+    assert (settings["workers"], settings["max_failed_fraction"], settings["limit"]) == (16, 0.01, None)
+    recipe = yaml.safe_load((REPO / "workflow_2018.yaml").read_text())
+    assert download_settings(recipe, "hpav18")["source"] == "hpa_v18"
+
+
+def test_a_2021_download_keeps_its_list_and_server(demo_config):
+    settings = download_settings(demo_config, "pubhpa")
+    assert (settings["source"], settings["format"]) == ("hpa2021", "tif")
+    del demo_config["extra_train_sets"]["pubhpa"]["download"]["base_url"]
+    assert download_settings(demo_config, "pubhpa")["base_url"] == "https://images.proteinatlas.org"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (
+            "extra_train_sets.hpav18.download.source",
+            "hpa2021",
+            "extra_train_sets.hpav18.download.source: hpa2021 lists labels of task hpa2021-cells, this config's "
+            "task is hpa2018-images; use source hpa_v18",
+        ),
+        (
+            "extra_train_sets.hpav18.download.format",
+            "png",
+            r"extra_train_sets.hpav18.download.format: png is not a file type of source hpa_v18 \(jpg\)",
+        ),
+        ("extra_train_sets.hpav18.table", "v18.csv", "extra_train_sets.hpav18: give either `table`.*not both"),
+        ("extra_train_sets.test", V18_SET, "extra_train_sets.test: the names train and test are taken"),
+    ],
+)
+def test_a_2018_download_the_task_cannot_use_is_refused_naming_the_key(demo_2018_config, path, value, message):
+    demo_2018_config["extra_train_sets"] = {"hpav18": copy.deepcopy(V18_SET)}
+    with pytest.raises(ConfigError, match=message):
+        check_config(edit(demo_2018_config, path, value))
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (
+            "extra_train_sets.pubhpa.download.source",
+            "hpa_v18",
+            "extra_train_sets.pubhpa.download.source: hpa_v18 lists labels of task hpa2018-images, this config's "
+            "task is hpa2021-cells; use source hpa2021",
+        ),
+        (
+            "extra_train_sets.pubhpa.download.format",
+            "jpg",
+            r"extra_train_sets.pubhpa.download.format: jpg is not a file type of source hpa2021 \(tif, png\)",
+        ),
+    ],
+)
+def test_a_2021_download_of_the_v18_kind_is_refused_naming_the_key(demo_config, path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(edit(demo_config, path, value))
+
+
+def test_the_download_defaults_are_set_only_in_the_package():
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    download = schema["properties"]["extra_train_sets"]["additionalProperties"]["properties"]["download"]
+    assert [key for key, spec in download["properties"].items() if "default" in spec] == []
+    assert DOWNLOAD_DEFAULTS["max_failed_fraction"] == 0.01
+    readme = (REPO / "README.md").read_text()
+    assert f"max_failed_fraction: {DOWNLOAD_DEFAULTS['max_failed_fraction']}" in readme

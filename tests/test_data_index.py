@@ -87,3 +87,18 @@ def test_2018_bad_inputs_name_the_file_and_row(tiny_dataset):
     (data / "sample_submission.csv").write_text("Id,Predicted\ntest0,0\nghost,0\n")
     with pytest.raises(InputDataError, match=r"sample_submission.csv lists .*ghost_red.png \(row 3\)"):
         build_index(data / "test", data / "sample_submission.csv", "test", n_shards=1, task="hpa2018-images")
+
+
+def test_a_downloaded_v18_set_indexes_in_the_2018_task(tmp_path):
+    from hpa_pipeline.data.download import download_images, read_v18_table, write_download_outputs
+    from hpa_pipeline.data.synth2018 import V18_LIST_NAME, write_v18_mirror
+
+    ids = write_v18_mirror(tmp_path / "mirror", n_images=3, image_size=48)
+    table = read_v18_table(tmp_path / "mirror" / V18_LIST_NAME)
+    images = tmp_path / "hpav18"
+    result = download_images(table, str(tmp_path / "mirror" / "server"), images, workers=1, source="hpa_v18")
+    write_download_outputs(result, table, tmp_path / "labels.csv", tmp_path / "failed.csv", 0.0, source="hpa_v18")
+    index = build_index(images, tmp_path / "labels.csv", "train", 2, dataset="hpav18", task="hpa2018-images")
+    assert index["ID"].tolist() == ids
+    assert index["Label"].tolist() == table["Label"].tolist()
+    assert index["dataset"].tolist() == ["hpav18"] * 3 and index["shard"].tolist() == [0, 0, 1]

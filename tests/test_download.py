@@ -12,10 +12,12 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from PIL import Image
 
 from hpa_pipeline.cli import main
 from hpa_pipeline.data import download
@@ -24,15 +26,23 @@ from hpa_pipeline.data.download import (
     DownloadError,
     download_images,
     read_public_table,
+    read_v18_table,
     write_download_outputs,
 )
+from hpa_pipeline.data.synth2018 import V18_COLOURS
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import CHANNELS, read_channel_raw, read_rgby_with_bit_depth
-from hpa_pipeline.labels import read_train_table
+from hpa_pipeline.labels import read_train_table, read_train_table_2018
 
 STEMS = ["/10005/921_B9_1", "/10005/921_B9_2", "/1000/A12_2", "/2031/55_C3_7"]
 IDS = ["10005_921_B9_1", "10005_921_B9_2", "1000_A12_2", "2031_55_C3_7"]
 FAST = {"workers": 2, "retries": 1, "timeout": 0.5, "backoff": 0.0}
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
 
 
 def tif_gz(image: np.ndarray) -> bytes:
@@ -44,8 +54,9 @@ def tif_gz(image: np.ndarray) -> bytes:
 class FakeHPA:
     """A local image server: ``files`` by URL path, ``behaviour`` per path, ``hits`` counted per path.
 
-    Behaviours: "404", "truncated" (half the gzip), "stall" (answers after ``stall`` seconds),
-    "503" (always), "503-once" (a 503, then the file).
+    Behaviours: "404", "truncated" (half the file, announced as such), "cut" (announces the whole file,
+    sends half and closes), "stall" (answers after ``stall`` seconds), "503" (always), "503-once" (a 503,
+    then the file).
     """
 
     def __init__(self) -> None:
@@ -75,7 +86,7 @@ class FakeHPA:
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    self.wfile.write(data[: len(data) // 2] if behaviour == "cut" else data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (stall)
 
@@ -91,6 +102,14 @@ class FakeHPA:
             image = rng.integers(0, np.iinfo(dtype).max, size=(size, size), dtype=dtype, endpoint=True)
             self.images[f"{stem}_{channel}"] = image
             self.files[f"{stem}_{channel}.tif.gz"] = tif_gz(image)
+
+    def add_v18_image(self, stem: str, size: int = 48, seed: int = 0, grey: bool = False) -> None:
+        """The four channel JPEGs of an HPA v18 image: each channel in its display colour, or grey."""
+        rng = np.random.default_rng(seed)
+        for channel in CHANNELS:
+            plane = cv2.GaussianBlur(rng.integers(0, 256, (size, size), dtype=np.uint8), (0, 0), 1.5)
+            rgb = np.stack([plane * weight for weight in V18_COLOURS[channel]], axis=-1).astype(np.uint8)
+            self.files[f"{stem}_{channel}.jpg"] = jpeg(plane if grey else rgb)
 
     def image_hits(self) -> int:
         return sum(self.hits.values())
@@ -414,3 +433,168 @@ def test_the_demo_generators_mirror_downloads_completely(tmp_path):
     assert result.done == table["ID"].tolist() and not result.failed
     image, bits = read_rgby_with_bit_depth(tmp_path / "images", result.done[0])
     assert bits == 16
+
+
+# ------------------------------------------------------------------------------- the HPA v18 set (2018)
+
+V18_IDS = ["10580_1610_C1_1", "10580_1610_C1_2", "24089_si27_F4_11"]
+V18_STEMS = ["/10580/1610_C1_1", "/10580/1610_C1_2", "/24089/si27_F4_11"]
+V18 = {**FAST, "source": "hpa_v18"}
+
+
+def v18_list(path: Path, rows: list[str] | None = None) -> Path:
+    """An HPAv18RGBY_WithoutUncertain_wodpl.csv-like list (Id,Target) of the V18_IDS, or of ``rows``."""
+    rows = rows if rows is not None else [f"{i},{t}" for i, t in zip(V18_IDS, ["0 25", "16", "27 2 2"])]
+    path.write_text("\n".join(["Id,Target", *rows]) + "\n")
+    return path
+
+
+@pytest.fixture
+def v18_server(server):
+    for seed, stem in enumerate(V18_STEMS):
+        server.add_v18_image(stem, seed=seed, grey=stem == V18_STEMS[2])  # some v18 channel files are grey
+    return server
+
+
+def decoded(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def test_v18_list_gives_ids_labels_and_server_paths(tmp_path):
+    table = read_v18_table(v18_list(tmp_path / "v18.csv"))
+    assert table["ID"].tolist() == V18_IDS
+    assert table["url_path"].tolist() == V18_STEMS
+    assert table["Label"].tolist() == ["0|25", "16", "27|2"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (["10580_1610_C1_1,0", "nofolder,1"], r"v18\.csv row 3: Id 'nofolder' is not an HPA v18 image Id"),
+        (["10580_1610_C1_1,0", "10580_../../etc,1"], r"row 3: Id '10580_../../etc' is not an HPA v18 image Id"),
+        (["10580_1610_C1_1,0", "10580_1610_C1_2,28"], r"v18\.csv row 3 \(Id 10580_1610_C1_2\): unknown label '28'"),
+        (["10580_1610_C1_1,0", "10580_1610_C1_2,"], r"row 3 \(Id 10580_1610_C1_2\): unknown label ''"),
+        (["10580_1610_C1_1,0", "1_a,1", "10580_1610_C1_1,2"], "rows 2 and 4 both give Id 10580_1610_C1_1"),
+    ],
+    ids=["no-folder", "path", "label-28", "no-label", "duplicate"],
+)
+def test_v18_list_errors_name_the_row(tmp_path, rows, message):
+    with pytest.raises(InputDataError, match=message):
+        read_v18_table(v18_list(tmp_path / "v18.csv", rows))
+
+
+def test_a_2021_list_is_not_read_as_a_v18_one(tmp_path):
+    with pytest.raises(InputDataError, match=r"t\.tsv: missing column\(s\) Id, Target .*an HPA v18 list has Id,Target"):
+        read_v18_table(public_table(tmp_path / "t.tsv"))
+
+
+def test_v18_download_keeps_the_served_jpegs_and_reads_each_channels_plane(v18_server, tmp_path):
+    table = read_v18_table(v18_list(tmp_path / "v18.csv"))
+    result = download_images(table, v18_server.url, tmp_path / "images", **V18)
+    assert result.done == V18_IDS and result.failed == {} and result.downloaded == 3
+    assert sorted(v18_server.hits) == sorted(f"{stem}_{c}.jpg" for stem in V18_STEMS for c in CHANNELS)
+    for image_id, stem in zip(V18_IDS, V18_STEMS):
+        for channel in CHANNELS:
+            served = v18_server.files[f"{stem}_{channel}.jpg"]
+            assert (tmp_path / "images" / f"{image_id}_{channel}.jpg").read_bytes() == served
+    # an RGB file gives the plane of its colour (yellow: the mean of red and green); a grey one itself
+    folder = tmp_path / "images"
+    rgb = {channel: decoded(v18_server.files[f"{V18_STEMS[0]}_{channel}.jpg"]) for channel in CHANNELS}
+    np.testing.assert_array_equal(read_channel_raw(folder / f"{V18_IDS[0]}_red.jpg"), rgb["red"][..., 0])
+    np.testing.assert_array_equal(read_channel_raw(folder / f"{V18_IDS[0]}_green.jpg"), rgb["green"][..., 1])
+    np.testing.assert_array_equal(read_channel_raw(folder / f"{V18_IDS[0]}_blue.jpg"), rgb["blue"][..., 2])
+    yellow = (rgb["yellow"][..., 0].astype(np.uint16) + rgb["yellow"][..., 1]) // 2
+    np.testing.assert_array_equal(read_channel_raw(folder / f"{V18_IDS[0]}_yellow.jpg"), yellow)
+    grey = decoded(v18_server.files[f"{V18_STEMS[2]}_blue.jpg"])
+    assert grey.ndim == 2
+    np.testing.assert_array_equal(read_channel_raw(folder / f"{V18_IDS[2]}_blue.jpg"), grey)
+    image, bits = read_rgby_with_bit_depth(folder, V18_IDS[1])
+    assert image.shape == (4, 48, 48) and bits == 8
+    manifest = pd.read_csv(folder / MANIFEST_NAME).sort_values("ID")  # in the order the images finished
+    assert manifest[["ID", "height", "width", "dtype"]].values.tolist() == [[i, 48, 48, "uint8"] for i in V18_IDS]
+
+
+def test_v18_failures_are_listed_with_their_reasons(v18_server, tmp_path):
+    v18_server.behaviour[f"{V18_STEMS[0]}_green.jpg"] = "404"
+    v18_server.files[f"{V18_STEMS[1]}_blue.jpg"] = v18_server.files[f"{V18_STEMS[1]}_blue.jpg"][:400]
+    v18_server.files[f"{V18_STEMS[2]}_yellow.jpg"] = b"<html>maintenance</html>"
+    table = read_v18_table(v18_list(tmp_path / "v18.csv"))
+    result = download_images(table, v18_server.url, tmp_path / "images", **V18)
+    assert result.done == []
+    assert result.failed[V18_IDS[0]] == f"HTTP 404 for {V18_STEMS[0]}_green.jpg"
+    assert result.failed[V18_IDS[1]].startswith(f"{V18_STEMS[1]}_blue.jpg: cannot decode the JPEG (")
+    assert "truncated" in result.failed[V18_IDS[1]].lower()
+    assert result.failed[V18_IDS[2]] == f"{V18_STEMS[2]}_yellow.jpg: not a JPEG file"
+    # a file that arrived whole but is broken is not fetched again
+    assert v18_server.hits[f"{V18_STEMS[1]}_blue.jpg"] == 1 and v18_server.hits[f"{V18_STEMS[0]}_green.jpg"] == 1
+    assert not list((tmp_path / "images").glob("*.jpg")), "no part of a failed image is written"
+
+
+def test_v18_transient_failures_are_retried(v18_server, tmp_path):
+    v18_server.behaviour[f"{V18_STEMS[0]}_red.jpg"] = "503-once"
+    v18_server.behaviour[f"{V18_STEMS[1]}_yellow.jpg"] = "cut"
+    table = read_v18_table(v18_list(tmp_path / "v18.csv"))
+    result = download_images(table, v18_server.url, tmp_path / "images", **V18)
+    assert result.done == [V18_IDS[0], V18_IDS[2]] and result.retried == 2
+    assert result.failed == {V18_IDS[1]: f"truncated transfer after 2 tries ({V18_STEMS[1]}_yellow.jpg)"}
+    assert v18_server.hits[f"{V18_STEMS[0]}_red.jpg"] == 2 and v18_server.hits[f"{V18_STEMS[1]}_yellow.jpg"] == 2
+
+
+def test_v18_killed_run_resumes_with_only_the_missing_images(v18_server, tmp_path):
+    table = read_v18_table(v18_list(tmp_path / "v18.csv"))
+    images = tmp_path / "images"
+    download_images(table, v18_server.url, images, limit=2, **V18)
+    (images / f"{V18_IDS[1]}_green.jpg").unlink()  # lost: the image is fetched again
+    (images / f".{V18_IDS[2]}_red.jpg.abc123.tmp").write_bytes(b"partial")  # a killed run's temporary file
+    v18_server.hits.clear()
+    result = download_images(table, v18_server.url, images, **V18)
+    assert result.done == V18_IDS and result.downloaded == 2
+    assert {path.rsplit("_", 1)[0] for path in v18_server.hits} == {V18_STEMS[1], V18_STEMS[2]}
+    assert not list(images.glob(".*.tmp"))
+    assert sorted(pd.read_csv(images / MANIFEST_NAME)["ID"]) == sorted(V18_IDS)
+    v18_server.hits.clear()
+    assert download_images(table, v18_server.url, images, **V18).downloaded == 0 and not v18_server.hits
+
+
+def test_v18_is_stored_only_as_served_jpegs(v18_server, tmp_path):
+    table = read_v18_table(v18_list(tmp_path / "v18.csv"))
+    with pytest.raises(InputDataError, match="image format 'png' is not one of jpg .*source hpa_v18"):
+        download_images(table, v18_server.url, tmp_path / "images", image_format="png", **V18)
+    with pytest.raises(InputDataError, match="image format 'jpg' is not one of tif, png .*source hpa2021"):
+        download_images(table, v18_server.url, tmp_path / "images", image_format="jpg", **FAST)
+
+
+def test_v18_outputs_are_a_2018_train_table(v18_server, tmp_path):
+    v18_server.behaviour[f"{V18_STEMS[1]}_red.jpg"] = "404"
+    table = read_v18_table(v18_list(tmp_path / "v18.csv"))
+    result = download_images(table, v18_server.url, tmp_path / "images", **V18)
+    write_download_outputs(result, table, tmp_path / "labels.csv", tmp_path / "failed.csv", 0.5, source="hpa_v18")
+    assert (tmp_path / "labels.csv").read_text() == f"Id,Target\n{V18_IDS[0]},0 25\n{V18_IDS[2]},27 2\n"
+    assert read_train_table_2018(tmp_path / "labels.csv")["labels"].tolist() == [[0, 25], [27, 2]]
+    assert pd.read_csv(tmp_path / "failed.csv")["ID"].tolist() == [V18_IDS[1]]
+
+
+def test_cli_downloads_the_v18_set_end_to_end(v18_server, tmp_path):
+    v18_server.files["/lists/v18.csv"] = v18_list(tmp_path / "v18.csv").read_bytes()
+    out = tmp_path / "v18"
+    code = main(
+        ["download-public", "--source", "hpa_v18", "--tsv", f"{v18_server.url}/lists/v18.csv",
+         "--base-url", v18_server.url, "--out-images", str(out / "images"), "--out-table", str(out / "labels.csv"),
+         "--out-failed", str(out / "failed.csv"), "--workers", "2", "--timeout", "2"]
+    )  # fmt: skip
+    assert code == 0
+    assert read_train_table_2018(out / "labels.csv")["ID"].tolist() == V18_IDS
+    assert sorted(path.name for path in (out / "images").glob("*.jpg")) == sorted(
+        f"{image_id}_{channel}.jpg" for image_id in V18_IDS for channel in CHANNELS
+    )
+
+
+def test_the_v18_mirror_downloads_completely_from_its_folder(tmp_path):
+    from hpa_pipeline.data.synth2018 import V18_LIST_NAME, write_v18_mirror
+
+    ids = write_v18_mirror(tmp_path / "mirror", n_images=2, image_size=64)
+    table = read_v18_table(tmp_path / "mirror" / V18_LIST_NAME)
+    result = download_images(table, str(tmp_path / "mirror" / "server"), tmp_path / "images", **V18)
+    assert result.done == ids and not result.failed
+    image, bits = read_rgby_with_bit_depth(tmp_path / "images", ids[0])
+    assert image.shape == (4, 64, 64) and bits == 8

@@ -1,9 +1,20 @@
-"""Downloading the public HPA images that the 7th-place solution trains on besides the Kaggle set.
+"""Downloading the public HPA images that the solutions train on besides the Kaggle set.
 
-The list is ``kaggle_2021.tsv`` (Kaggle dataset "publichpa-withcellline"): one row per field of view, its
-URL stem on images.proteinatlas.org and its labels. Every field has four channel files on the server,
-``{stem}_{red,green,blue,yellow}.tif.gz``; they are verified and stored in the Kaggle layout
-(``{ID}_{channel}.tif``), so the rest of the pipeline reads them like any other dataset.
+Two image lists (``source``), one per task:
+
+- ``hpa2021`` (task hpa2021-cells, the 7th-place solution): ``kaggle_2021.tsv`` (Kaggle dataset
+  "publichpa-withcellline"), one row per field of view with its URL stem on images.proteinatlas.org and
+  its 19-class labels. Every field has four channel files on the server,
+  ``{stem}_{red,green,blue,yellow}.tif.gz``; they are verified and stored as ``{ID}_{channel}.tif`` (or
+  ``.png``).
+- ``hpa_v18`` (task hpa2018-images, every 2018 solution): the HPA v18 list
+  (``HPAv18RGBY_WithoutUncertain_wodpl.csv``), ``Id,Target`` with 28-class labels; image ``10580_1610_C1_1``
+  has the channel files ``{base}/10580/1610_C1_1_{red,green,blue,yellow}.jpg``. They are verified (decoded
+  completely, as :func:`hpa_pipeline.io.channels.read_channel_raw` reads them) and stored as served, as
+  ``{ID}_{channel}.jpg``.
+
+Either way the images land in the Kaggle layout, so the rest of the pipeline reads them like any other
+dataset.
 
 A download of ~80,000 images takes hours and gets interrupted, so every finished image is recorded in a
 manifest as it completes and a rerun fetches only what is missing.
@@ -17,6 +28,7 @@ import http.client
 import io
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -37,18 +49,23 @@ import pandas as pd
 import tifffile
 
 from hpa_pipeline import __version__
+from hpa_pipeline.config import DOWNLOAD_DEFAULTS, DOWNLOAD_SOURCES
 from hpa_pipeline.errors import InputDataError, PipelineError
-from hpa_pipeline.io.channels import CHANNELS
+from hpa_pipeline.io.channels import CHANNELS, decode_jpeg_channel
 from hpa_pipeline.io.files import atomic_file
-from hpa_pipeline.labels import parse_labels
+from hpa_pipeline.labels import CLASS_NAMES_2018, parse_labels
 from hpa_pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("ID", "height", "width", "dtype", "finished")
-IMAGE_FORMATS = ("tif", "png")
+SOURCES = tuple(DOWNLOAD_SOURCES)
+IMAGE_FORMATS = ("tif", "png", "jpg")
+#: The name of a channel file on each source's server after its URL stem (``{stem}_{channel}{suffix}``).
+_SERVER_SUFFIX = {"hpa2021": ".tif.gz", "hpa_v18": ".jpg"}
 _REQUIRED_COLUMNS = ("Image", "Label_idx", "in_trainset")
+_V18_ID = re.compile(r"(\d+)_([A-Za-z0-9][A-Za-z0-9_-]*)")
 _TRUE = {"true", "1"}
 _FALSE = {"false", "0"}
 
@@ -127,6 +144,57 @@ def read_public_table(source: str | Path, timeout: float = 60.0) -> pd.DataFrame
     return pd.DataFrame(rows, columns=["ID", "Label", "url_path"], dtype=str)
 
 
+def read_v18_table(source: str | Path, timeout: float = 60.0) -> pd.DataFrame:
+    """Read the HPA v18 image list (``HPAv18RGBY_WithoutUncertain_wodpl.csv``) from a file or an http(s) URL.
+
+    Args:
+        source: path or URL of the table: ``Id`` (``{folder}_{name}``, e.g. ``10580_1610_C1_1``) and
+            ``Target`` (space-separated classes 0..27, the 2018 train.csv format).
+        timeout: seconds to wait for the server when ``source`` is a URL.
+
+    Returns:
+        The rows in file order, columns ID (the ``Id``), Label (pipe-separated class indices) and url_path
+        (e.g. ``/10580/1610_C1_1``).
+    """
+    text = _read_text(source, timeout)
+    try:
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise InputDataError(f"cannot read table {source}: {exc}") from exc
+    missing = [column for column in ("Id", "Target") if column not in table.columns]
+    if missing:
+        raise InputDataError(
+            f"{source}: missing column(s) {', '.join(missing)} (found {', '.join(map(str, table.columns))}); "
+            "an HPA v18 list has Id,Target"
+        )
+    rows = []
+    first_row: dict[str, int] = {}
+    for position, (image_id, target) in enumerate(zip(table["Id"], table["Target"])):
+        row = position + 2  # line number in the file: the header is line 1
+        image_id = image_id.strip()
+        match = _V18_ID.fullmatch(image_id)
+        if match is None:
+            raise InputDataError(
+                f"{source} row {row}: Id {image_id!r} is not an HPA v18 image Id like 10580_1610_C1_1 "
+                "(the server folder's number, an underscore, the image name)"
+            )
+        labels = parse_labels(target, f"{source} row {row} (Id {image_id})", len(CLASS_NAMES_2018), " ")
+        if image_id in first_row:
+            raise InputDataError(f"{source}: rows {first_row[image_id]} and {row} both give Id {image_id}")
+        first_row[image_id] = row
+        rows.append((image_id, "|".join(map(str, labels)), f"/{match[1]}/{match[2]}"))
+    return pd.DataFrame(rows, columns=["ID", "Label", "url_path"], dtype=str)
+
+
+def read_image_list(path: str | Path, source: str = "hpa2021", timeout: float = 60.0) -> pd.DataFrame:
+    """Read the image list of ``source`` (:func:`read_public_table` or :func:`read_v18_table`)."""
+    if source == "hpa_v18":
+        return read_v18_table(path, timeout)
+    if source == "hpa2021":
+        return read_public_table(path, timeout)
+    raise InputDataError(f"unknown image list source {source!r} (sources: {', '.join(SOURCES)})")
+
+
 def _read_text(source: str | Path, timeout: float) -> str:
     """The table's text from a local file or an http(s) URL."""
     if _is_url(source):
@@ -166,31 +234,36 @@ def download_images(
     base_url: str,
     out_dir: str | Path,
     *,
-    workers: int = 16,
-    retries: int = 4,
-    timeout: float = 60.0,
+    workers: int = DOWNLOAD_DEFAULTS["workers"],
+    retries: int = DOWNLOAD_DEFAULTS["retries"],
+    timeout: float = DOWNLOAD_DEFAULTS["timeout"],
     backoff: float = 1.0,
-    limit: int | None = None,
-    image_format: str = "tif",
+    limit: int | None = DOWNLOAD_DEFAULTS["limit"],
+    image_format: str | None = None,
+    source: str = "hpa2021",
 ) -> DownloadResult:
     """Download the four channels of every image of ``table`` that ``out_dir`` does not hold yet.
 
-    Each file ``{base_url}{url_path}_{channel}.tif.gz`` must decompress completely and decode to a 2-D
-    8- or 16-bit image, and the four channels must have one size; only then are the four files written
-    (each atomically) and the image recorded in ``out_dir/manifest.csv``. An image is done when it is in
-    the manifest and its four files exist, so an interrupted run resumes where it stopped.
+    Each file ``{base_url}{url_path}_{channel}.tif.gz`` (source hpa2021) must decompress completely and
+    decode to a 2-D 8- or 16-bit image; each ``{base_url}{url_path}_{channel}.jpg`` (source hpa_v18) must
+    decode completely to a grey or RGB 8-bit JPEG. The four channels must have one size; only then are the
+    four files written (each atomically) and the image recorded in ``out_dir/manifest.csv``. An image is
+    done when it is in the manifest and its four files exist, so an interrupted run resumes where it stopped.
 
     Args:
-        table: the output of :func:`read_public_table` (columns ID, url_path).
-        base_url: scheme and host that replace the table's, e.g. ``https://images.proteinatlas.org``.
-        out_dir: folder of ``{ID}_{channel}.tif`` (or ``.png``) files and the manifest.
+        table: the output of :func:`read_image_list` (columns ID, url_path).
+        base_url: what precedes the table's URL paths, e.g. ``https://images.proteinatlas.org`` or
+            ``http://v18.proteinatlas.org/images``.
+        out_dir: folder of ``{ID}_{channel}.tif`` (or ``.png``, ``.jpg``) files and the manifest.
         workers: images downloaded at the same time.
         retries: extra tries of a file after a timeout, connection error, 5xx answer or truncated data
             (a 404 is final).
         timeout: seconds a request may wait for the server.
         backoff: seconds before the first retry; doubled before each further one.
         limit: download only the first ``limit`` images of the table.
-        image_format: "tif" (zlib-compressed TIFF) or "png"; both keep 16-bit pixels.
+        image_format: source hpa2021: "tif" (zlib-compressed TIFF, the default) or "png", both keep 16-bit
+            pixels; source hpa_v18: "jpg" (the server's files as served, the only one).
+        source: "hpa2021" or "hpa_v18", the list ``table`` was read from.
 
     Returns:
         The done and failed images.
@@ -199,8 +272,14 @@ def download_images(
         DownloadError: the server answered none of the first requests (or stopped answering), so the
             base URL or the network is at fault; finished images stay recorded.
     """
-    if image_format not in IMAGE_FORMATS:
-        raise InputDataError(f"image format {image_format!r} is not one of {', '.join(IMAGE_FORMATS)}")
+    if source not in SOURCES:
+        raise InputDataError(f"unknown image list source {source!r} (sources: {', '.join(SOURCES)})")
+    formats = DOWNLOAD_SOURCES[source]["formats"]
+    image_format = image_format or formats[0]
+    if image_format not in formats:
+        raise InputDataError(
+            f"image format {image_format!r} is not one of {', '.join(formats)} (the file types of source {source})"
+        )
     if workers < 1 or retries < 0 or timeout <= 0 or (limit is not None and limit < 0):
         raise InputDataError(
             f"need workers >= 1, retries >= 0, timeout > 0 and limit >= 0 "
@@ -231,7 +310,7 @@ def download_images(
     client = _Client(base_url.rstrip("/"), retries, timeout, backoff, workers)
     failed: dict[str, str] = {}
     downloaded = 0
-    outcomes = _run_pool(client, todo, out_dir, image_format, workers)
+    outcomes = _run_pool(client, todo, out_dir, image_format, source, workers)
     # closing(): an exception here (Ctrl-C, a failed write) reaches the pool at once and cancels its queue.
     with open(out_dir / MANIFEST_NAME, "a", encoding="utf-8") as manifest, closing(outcomes):
         for image_id, outcome in progress(outcomes, "download", len(todo), unit="image"):
@@ -258,7 +337,7 @@ def download_images(
 
 
 def _run_pool(
-    client: _Client, todo: list[tuple[str, str]], out_dir: Path, image_format: str, workers: int
+    client: _Client, todo: list[tuple[str, str]], out_dir: Path, image_format: str, source: str, workers: int
 ) -> Generator[tuple[str, tuple[int, int, str] | str]]:
     """Download ``todo`` with ``workers`` threads, yielding (ID, (height, width, dtype) or reason) as each ends.
 
@@ -273,7 +352,8 @@ def _run_pool(
                     item = next(queue, None)
                     if item is None:
                         break
-                    pending[pool.submit(_download_image, client, item[0], item[1], out_dir, image_format)] = item[0]
+                    future = pool.submit(_download_image, client, item[0], item[1], out_dir, image_format, source)
+                    pending[future] = item[0]
                 if not pending:
                     return
                 completed, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -292,27 +372,31 @@ def _run_pool(
 
 
 def _download_image(
-    client: _Client, image_id: str, url_path: str, out_dir: Path, image_format: str
+    client: _Client, image_id: str, url_path: str, out_dir: Path, image_format: str, source: str
 ) -> tuple[int, int, str] | str | None:
     """Fetch, verify and store one image; (height, width, dtype), the reason it failed, or None on abort."""
+    jpeg = source == "hpa_v18"
     planes = []
+    served = []
     for channel in CHANNELS:
-        name = f"{url_path}_{channel}.tif.gz"
+        name = f"{url_path}_{channel}{_SERVER_SUFFIX[source]}"
         try:
-            data = client.fetch(f"{client.base_url}{url_path}_{channel}.tif.gz", name)
+            data = client.fetch(f"{client.base_url}{name}", name, gunzip=not jpeg)
         except _Aborted:
             return None
         except _Failed as failure:
             return str(failure)
         try:
-            planes.append(_decode_channel(data))
+            planes.append(decode_jpeg_channel(data, channel) if jpeg else _decode_channel(data))
         except ValueError as exc:
             return f"{name}: {exc}"
+        served.append(data)
     shapes = {plane.shape for plane in planes}
     if len(shapes) > 1:
         sizes = ", ".join(f"{channel} {plane.shape[1]}x{plane.shape[0]}" for channel, plane in zip(CHANNELS, planes))
         return f"channels differ in size: {sizes}"
-    encoded = [_encode_channel(plane, image_format) for plane in planes]
+    # JPEGs are kept as served: decoding and encoding again would only lose more detail
+    encoded = served if jpeg else [_encode_channel(plane, image_format) for plane in planes]
     # The four files appear together: each is renamed into place only after all four were written.
     with ExitStack() as stack:
         for channel, data in zip(CHANNELS, encoded):
@@ -382,8 +466,8 @@ class _Client:
         self._stopped = False
         self._lock = threading.Lock()
 
-    def fetch(self, url: str, name: str) -> bytes:
-        """The decompressed contents of the ``.gz`` file at ``url`` (``name`` labels the failure reasons)."""
+    def fetch(self, url: str, name: str, gunzip: bool = True) -> bytes:
+        """The contents of the file at ``url``, decompressed when ``gunzip`` (``name`` labels the failure reasons)."""
         for attempt in range(self.retries + 1):
             if self.abort_reason or self._stopped:
                 raise _Aborted
@@ -392,7 +476,8 @@ class _Client:
                     self.retried += 1
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                return gzip.decompress(self._get(url))
+                data = self._get(url)
+                return gzip.decompress(data) if gunzip else data
             except urllib.error.HTTPError as exc:
                 self._note(answered=exc.code < 500, reason=f"HTTP {exc.code}")
                 if exc.code < 500:
@@ -498,16 +583,19 @@ def write_download_outputs(
     out_table: str | Path,
     out_failed: str | Path,
     max_failed_fraction: float,
+    source: str = "hpa2021",
 ) -> None:
     """Write the labels of the downloaded images and the list of failures, if few enough failed.
 
     Args:
         result: the outcome of :func:`download_images`.
         table: the table that was downloaded (columns ID, Label).
-        out_table: ``ID,Label`` CSV of the done images in table order (train.csv format); not written
+        out_table: CSV of the done images in table order, in the train.csv format of the source's task
+            (hpa2021: ``ID,Label``, pipe-separated; hpa_v18: ``Id,Target``, space-separated); not written
             when too many images failed.
         out_failed: ``ID,reason`` CSV of the failed images (always written, maybe only its header).
         max_failed_fraction: largest tolerated share of failed images, e.g. 0.01.
+        source: "hpa2021" or "hpa_v18", the list ``table`` was read from.
 
     Raises:
         DownloadError: more than ``max_failed_fraction`` of the images failed.
@@ -532,6 +620,8 @@ def write_download_outputs(
         )
     labels = table.set_index("ID")["Label"]
     done = pd.DataFrame({"ID": result.done, "Label": labels.loc[result.done].to_numpy()}, dtype=str)
+    if source == "hpa_v18":
+        done = pd.DataFrame({"Id": done["ID"], "Target": done["Label"].str.replace("|", " ")}, dtype=str)
     with atomic_file(out_table, "w", encoding="utf-8", newline="") as handle:
         done.to_csv(handle, index=False)
     log.info("%d images downloaded (%d failed); labels in %s", len(result.done), len(result.failed), out_table)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
 import tifffile
+from PIL import Image, UnidentifiedImageError
 
 from hpa_pipeline.errors import InputDataError
 
 #: Channel order of every image array in the pipeline (Kaggle naming):
 #: red = microtubules, green = protein of interest, blue = nucleus, yellow = ER.
 CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff")
+#: ``.jpg``: the HPA v18 server's per-channel JPEGs (the 2018 external set), read by :func:`decode_jpeg_channel`.
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg")
+
+#: Planes of an RGB channel JPEG that carry each channel: the HPA v18 server draws every channel file in
+#: its display colour (yellow = red + green), as the 2018 solutions read them.
+_JPEG_PLANES: dict[str, tuple[int, ...]] = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (0, 1)}
 
 
 def to_uint8(image: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
@@ -38,7 +45,7 @@ def to_uint8(image: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
 
 
 def read_channel(path: str | Path) -> np.ndarray:
-    """Read one single-channel image file (PNG or TIFF, 8- or 16-bit) as uint8.
+    """Read one single-channel image file (PNG or TIFF, 8- or 16-bit; or a channel JPEG) as uint8.
 
     Args:
         path: the image file.
@@ -49,11 +56,48 @@ def read_channel(path: str | Path) -> np.ndarray:
     return to_uint8(read_channel_raw(path), path)
 
 
+def decode_jpeg_channel(data: bytes, channel: str) -> np.ndarray:
+    """Decode one channel's JPEG (HPA v18: ``{ID}_{channel}.jpg``) to a (H, W) uint8 plane.
+
+    A grey JPEG is the plane itself; an RGB one gives the plane of the channel's display colour (red R,
+    green G, blue B, yellow the mean of R and G, rounded down).
+
+    Raises:
+        ValueError: saying what is wrong (not a JPEG, truncated, another pixel mode).
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
+            image.load()  # the whole file, so that a truncated one fails here
+            mode, pixels = image.mode, np.array(image)  # writable, like the other readers' arrays
+    except UnidentifiedImageError as exc:
+        raise ValueError("not a JPEG file") from exc
+    except Exception as exc:  # Pillow raises OSError, SyntaxError and others for broken files
+        raise ValueError(f"cannot decode the JPEG ({exc})") from exc
+    if mode not in ("L", "RGB"):
+        raise ValueError(f"unsupported JPEG pixel mode {mode} (expected grey L or RGB)")
+    if pixels.size == 0:
+        raise ValueError("the JPEG holds no image")
+    if pixels.ndim == 2:
+        return pixels
+    planes = _JPEG_PLANES[channel]
+    if len(planes) == 1:
+        return np.ascontiguousarray(pixels[..., planes[0]])
+    return ((pixels[..., 0].astype(np.uint16) + pixels[..., 1]) // 2).astype(np.uint8)
+
+
 def read_channel_raw(path: str | Path) -> np.ndarray:
     """Read one single-channel image file at its own bit depth (uint8 or uint16)."""
     path = Path(path)
     if not path.is_file():
         raise InputDataError(f"missing image file {path}")
+    if path.suffix.lower() == ".jpg":
+        channel = path.stem.rsplit("_", 1)[-1].lower()
+        if channel not in CHANNELS:
+            raise InputDataError(f"{path}: a channel JPEG is named {{ID}}_{{{','.join(CHANNELS)}}}.jpg")
+        try:
+            return decode_jpeg_channel(path.read_bytes(), channel)
+        except ValueError as exc:
+            raise InputDataError(f"cannot decode image file {path}: {exc}") from exc
     if path.suffix.lower() in (".tif", ".tiff"):
         try:
             image = tifffile.imread(path)
@@ -78,7 +122,7 @@ def read_channel_raw(path: str | Path) -> np.ndarray:
 
 
 def channel_path(image_dir: str | Path, image_id: str, channel: str) -> Path:
-    """Find the file of one channel: ``{image_dir}/{image_id}_{channel}.{png,tif,tiff}``.
+    """Find the file of one channel: ``{image_dir}/{image_id}_{channel}.{png,tif,tiff,jpg}``.
 
     Raises:
         InputDataError: no file with any of the known suffixes exists.
@@ -134,6 +178,12 @@ def _file_shape(path: Path) -> tuple[int, int]:
         if len(header) < 24 or header[:8] != b"\x89PNG\r\n\x1a\n" or header[12:16] != b"IHDR":
             raise InputDataError(f"cannot decode image file {path} (not a PNG)")
         return int.from_bytes(header[20:24], "big"), int.from_bytes(header[16:20], "big")
+    if path.suffix.lower() == ".jpg":
+        try:
+            with Image.open(path, formats=["JPEG"]) as image:  # reads the header only
+                return image.height, image.width
+        except Exception as exc:
+            raise InputDataError(f"cannot decode image file {path}: {exc}") from exc
     try:
         with tifffile.TiffFile(path) as tiff:
             return tuple(tiff.pages[0].shape[:2])

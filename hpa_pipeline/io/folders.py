@@ -13,11 +13,11 @@ from pathlib import Path
 #: Written by the demo generator into every dataset it makes; its absence marks a user's own data.
 SYNTHETIC_MARKER = ".hpa-pipeline-synthetic"
 
-_CHANNEL_FILE = re.compile(r".+_(red|green|blue|yellow)\.(png|tiff?)$", re.IGNORECASE)
+_CHANNEL_FILE = re.compile(r".+_(red|green|blue|yellow)\.(png|tiff?|jpg)$", re.IGNORECASE)
 
 
 def channel_files(folder: str | Path) -> list[Path]:
-    """The channel image files (``{ID}_{channel}.png/.tif``) directly inside ``folder``, sorted."""
+    """The channel image files (``{ID}_{channel}.png/.tif/.jpg``) directly inside ``folder``, sorted."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
