@@ -652,7 +652,8 @@ def _evaluate_images_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, type=Path, nargs="+", help="index.csv of each training dataset")
     parser.add_argument("--folds", required=True, type=Path, nargs="+", help="folds CSV of each training dataset")
     parser.add_argument("--thresholds", required=True, type=Path)
-    parser.add_argument("--image-predictions", required=True, type=Path)
+    parser.add_argument("--image-predictions", required=True, type=Path, help="results/image_predictions.csv")
+    parser.add_argument("--submission", required=True, type=Path, help="results/submission.csv, the file scored")
     parser.add_argument("--truth", required=True, type=Path, help="the test images' labels (Id,Target)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-json", required=True, type=Path)
@@ -675,6 +676,7 @@ def _evaluate_images(args: argparse.Namespace) -> None:
         args.folds,
         args.thresholds,
         args.image_predictions,
+        args.submission,
         args.truth,
         args.out_json,
         args.out_tsv,
