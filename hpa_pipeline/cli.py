@@ -136,13 +136,15 @@ def _download_public(args: argparse.Namespace) -> None:
 
 
 def _init_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input-dir", required=True, type=Path, help="your dataset folder (Kaggle layout)")
+    parser.add_argument(
+        "--input-dir", required=True, type=Path, help="your dataset folder (Kaggle layout, 2021 or 2018)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="the config file to write, e.g. my.yaml")
     parser.add_argument(
         "--preset",
         choices=("demo", "full"),
         default="full",
-        help="full: the 7th-place models (GPUs); demo: the demo's tiny models (a CPU, minutes)",
+        help="full: the 7th-place models, or bestfitting's for a 2018 folder (GPUs); demo: tiny models (a CPU)",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.add_argument(

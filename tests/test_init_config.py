@@ -275,6 +275,7 @@ def test_the_2018_summary_names_the_task_its_classes_and_its_truth(data_2018, tm
     assert re.search(r"^\s+27 Rods & rings\s+\d+$", text, re.MULTILINE)
     assert f"  truth_dir: {(data_2018 / 'truth').resolve()}" in text
     assert "1 train and 1 test shards, 2 models x 2 folds" in text
+    assert "rough time: about 2 minutes on 2 CPU cores" in text  # 6 x 2.8 + 70 s of the 2018 demo preset
     (data_2018 / "truth" / "test.csv").unlink()
     text = init_config(data_2018, tmp_path / "my.yaml", preset="demo", workflow_dir=REPO, force=True)
     assert "  truth_dir: none (no truth/test.csv): no metrics" in text

@@ -62,13 +62,16 @@ CELLS_PER_IMAGE = 25
 CHECKPOINT_BYTES_PER_PARAMETER = 18
 #: Images decoded completely per split by default (every file's header is always read).
 DECODE_SAMPLE = 16
-#: Job seconds of `make demo` on the project's shared 2-core build machine (logs/benchmarks/, 11 min wall
-#: for 24 + 6 images of 512 px): preprocessing per megapixel of input, training and prediction of the demo
-#: preset's 10 tiny models x 2 folds per training image, and the rest (folds, plots, evaluation, submission).
-#: Used for the demo preset's rough time only; an idle machine is about twice as fast.
-DEMO_PREPROCESS_S_PER_MEGAPIXEL = 5.0
-DEMO_MODELS_S_PER_TRAIN_IMAGE = 26.0
-DEMO_FIXED_S = 60.0
+#: Per task, job seconds of the demo preset's run on the project's shared 2-core build machine
+#: (logs/benchmarks/): preprocessing per megapixel of input, training and prediction of the preset's tiny
+#: models x 2 folds per training image, and the rest (folds, plots, evaluation, submission). 2021: `make demo`,
+#: 11 min wall for 24 + 6 images of 512 px, 10 models, with segmentation; 2018: the 2018 demo, 4.5 min wall
+#: for 96 + 24 images of 256 px, 2 models, resizing only. Used for the demo preset's rough time only; an
+#: idle machine is about twice as fast.
+DEMO_SECONDS: dict[str, dict[str, float]] = {
+    TASK_CELLS: {"per_megapixel": 5.0, "per_train_image": 26.0, "fixed": 60.0},
+    TASK_IMAGES: {"per_megapixel": 0.4, "per_train_image": 2.8, "fixed": 70.0},
+}
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_GREY = 0
@@ -548,10 +551,9 @@ def estimate_seconds(summary: DatasetSummary, preset: str) -> float | None:
         for split in (summary.train, summary.test)
         for (height, width), count in split.sizes.items()
     )
+    seconds = DEMO_SECONDS[summary.task]
     return (
-        megapixels * DEMO_PREPROCESS_S_PER_MEGAPIXEL
-        + len(summary.train.ids) * DEMO_MODELS_S_PER_TRAIN_IMAGE
-        + DEMO_FIXED_S
+        megapixels * seconds["per_megapixel"] + len(summary.train.ids) * seconds["per_train_image"] + seconds["fixed"]
     )
 
 
