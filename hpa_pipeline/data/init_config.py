@@ -391,14 +391,11 @@ def build_config(summary: DatasetSummary, preset: str, workflow_dir: str | Path)
         f"input_dir: {_quote(summary.input_dir)}\n"
     )
     if summary.truth_dir is not None:
-        truth = (
-            "the test images' labels (test.csv, Id,Target)"
-            if image_task
-            else "per-cell truth (cells.csv, {split}/{ID}_cellmask.png)"
-        )
+        truth = "The test images' labels" if image_task else "Per-cell truth"
+        files = "test.csv, Id,Target" if image_task else "cells.csv, {split}/{ID}_cellmask.png"
         parts.append(
-            f"# The folder's {truth}: rule evaluate scores every model,\n"
-            "# ensemble and the submission against it.\n"
+            f"# {truth} found next to the images ({files}): rule evaluate scores\n"
+            "# every model, ensemble and the submission against it.\n"
             f"truth_dir: {_quote(summary.truth_dir)}\n"
         )
     parts.append(
