@@ -167,13 +167,15 @@ def _download_public(args: argparse.Namespace) -> None:
 
 
 def _init_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input-dir", required=True, type=Path, help="your dataset folder (Kaggle layout)")
+    parser.add_argument(
+        "--input-dir", required=True, type=Path, help="your dataset folder (Kaggle layout, 2021 or 2018)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="the config file to write, e.g. my.yaml")
     parser.add_argument(
         "--preset",
         choices=("demo", "full"),
         default="full",
-        help="full: the 7th-place models (GPUs); demo: the demo's tiny models (a CPU, minutes)",
+        help="full: the 7th-place models, or bestfitting's for a 2018 folder (GPUs); demo: tiny models (a CPU)",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.add_argument(
@@ -701,7 +703,8 @@ def _evaluate_images_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, type=Path, nargs="+", help="index.csv of each training dataset")
     parser.add_argument("--folds", required=True, type=Path, nargs="+", help="folds CSV of each training dataset")
     parser.add_argument("--thresholds", required=True, type=Path)
-    parser.add_argument("--image-predictions", required=True, type=Path)
+    parser.add_argument("--image-predictions", required=True, type=Path, help="results/image_predictions.csv")
+    parser.add_argument("--submission", required=True, type=Path, help="results/submission.csv, the file scored")
     parser.add_argument("--truth", required=True, type=Path, help="the test images' labels (Id,Target)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-json", required=True, type=Path)
@@ -724,6 +727,7 @@ def _evaluate_images(args: argparse.Namespace) -> None:
         args.folds,
         args.thresholds,
         args.image_predictions,
+        args.submission,
         args.truth,
         args.out_json,
         args.out_tsv,

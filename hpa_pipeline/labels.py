@@ -8,6 +8,7 @@ pipe-separated ``Label``, ``labels``), so every later stage reads one index form
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,8 @@ CLASS_NAMES: tuple[str, ...] = (
     "Negative",
 )
 N_CLASSES: int = len(CLASS_NAMES)
+#: A class index as the tables write it: ASCII digits only (``str.isdigit`` also takes "²", which ``int`` refuses).
+CLASS_TOKEN = re.compile(r"[0-9]+")
 NEGATIVE: int = 18
 
 
@@ -110,7 +113,7 @@ def parse_labels(text: str, where: str = "", n_classes: int = N_CLASSES, separat
         tokens = [""]  # an empty label is reported like any other unknown label
     for token in tokens:
         token = token.strip()
-        if not token.isdigit() or int(token) >= n_classes:
+        if not CLASS_TOKEN.fullmatch(token) or int(token) >= n_classes:
             raise InputDataError(f"{where}: unknown label {token!r} in {text!r} (classes are 0..{n_classes - 1})")
         if int(token) not in labels:
             labels.append(int(token))

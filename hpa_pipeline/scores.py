@@ -1,5 +1,6 @@
-"""Image-level classification scores of training's per-epoch validation: mean average precision and
-macro F1 over the classes present (the competition metric itself lives in :mod:`hpa_pipeline.kaggle.metric`)."""
+"""Image-level mean average precision of training's per-epoch validation. Its macro F1 is the project's one
+definition, :func:`hpa_pipeline.kaggle.images2018.macro_f1`; the 2021 competition metric lives in
+:mod:`hpa_pipeline.kaggle.metric`."""
 
 from __future__ import annotations
 
@@ -23,13 +24,3 @@ def mean_average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
     if not len(present):
         return float("nan")
     return float(np.mean([_average_precision(targets[:, c], scores[:, c]) for c in present]))
-
-
-def macro_f1(targets: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> float:
-    """Macro F1 at ``threshold`` over the classes that have a positive (a class never predicted scores 0)."""
-    present = np.flatnonzero(targets.sum(axis=0) > 0)
-    if not len(present):
-        return float("nan")
-    truth, predicted = targets[:, present] > 0, scores[:, present] >= threshold
-    true_positives = (truth & predicted).sum(axis=0)
-    return float(np.mean(2 * true_positives / (truth.sum(axis=0) + predicted.sum(axis=0))))

@@ -105,7 +105,8 @@ if IMAGE_TASK:
         shell:
             "hpa-pipeline evaluate-images {params.scored} --members {input.members} --index {input.index} "
             "--folds {input.folds} --thresholds {input.thresholds} --image-predictions {input.image_predictions} "
-            "--truth {input.truth}/test.csv --seed {params.seed} --out-json {output.json} --out-tsv {output.tsv} > {log} 2>&1"
+            "--submission {input.submission} --truth {input.truth}/test.csv --seed {params.seed} "
+            "--out-json {output.json} --out-tsv {output.tsv} > {log} 2>&1"
 
 else:
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,8 @@ def test_macro_f1_rows_with_and_without_thresholds(tmp_path):
     test_probs = np.zeros((2, 28))
     test_probs[0, 0], test_probs[1, 1] = 0.3, 0.7
     write_image_predictions(tmp_path / "p.csv", ["x", "y"], test_probs, thresholds)
+    # the submitted file, in the sample submission's order: y right, x's class 0 missed
+    (tmp_path / "submission.csv").write_text("Id,Predicted\ny,1\nx,\n")
     (tmp_path / "truth.csv").write_text("Id,Target\nx,0\ny,1\n")
     evaluate_images_run(
         {"m": (1, tmp_path / "m.zarr")},
@@ -61,6 +64,7 @@ def test_macro_f1_rows_with_and_without_thresholds(tmp_path):
         [tmp_path / "folds.csv"],
         tmp_path / "t.csv",
         tmp_path / "p.csv",
+        tmp_path / "submission.csv",
         tmp_path / "truth.csv",
         tmp_path / "metrics.json",
         tmp_path / "metrics.tsv",
@@ -69,16 +73,26 @@ def test_macro_f1_rows_with_and_without_thresholds(tmp_path):
     # out of fold at 0.5: class 0 never predicted (F1 0), class 1 perfect -> 0.5; fitted: both perfect
     assert metrics["models"]["m"]["out_of_fold"]["macro_f1"] == pytest.approx(0.5)
     assert metrics["models"]["m"]["out_of_fold"]["macro_f1_fitted"] == pytest.approx(1.0)
-    # test: at 0.5 only y's class 1 -> class 0 F1 0, class 1 F1 1; at the thresholds both right
+    # test probabilities: at 0.5 only y's class 1 -> class 0 F1 0, class 1 F1 1; at the thresholds both right
+    assert metrics["image_predictions"]["macro_f1"] == pytest.approx(0.5)
+    assert metrics["image_predictions"]["macro_f1_fitted"] == pytest.approx(1.0)
+    # the submission is scored from its own file (x's class 0 missed), not from image_predictions.csv
     assert metrics["submission"]["macro_f1"] == pytest.approx(0.5)
-    assert metrics["submission"]["macro_f1_fitted"] == pytest.approx(1.0)
-    rows = (tmp_path / "metrics.tsv").read_text().splitlines()
-    assert [row.split("\t")[1] for row in rows[1:]] == [
-        "m",
-        "submission members",
-        "submission.csv",
-        "chance",
-        "most_frequent",
-        "chance",
-        "most_frequent",
+    assert metrics["submission"]["per_class_f1"][:2] == [0.0, 1.0]
+    rows = [row.split("\t") for row in (tmp_path / "metrics.tsv").read_text().splitlines()[1:]]
+    assert [row[:2] + row[3:] for row in rows[:4]] == [
+        ["model", "m", "out-of-fold (train)", "0.500000", "1.000000"],
+        ["ensemble", "submission members", "out-of-fold (train)", "0.500000", "1.000000"],
+        ["ensemble", "p.csv", "test", "0.500000", "1.000000"],
+        ["submission", "submission.csv", "test", "", "0.500000"],
     ]
+    assert [row[1] for row in rows[4:]] == ["chance", "most_frequent", "chance", "most_frequent"]
+
+
+def test_a_submission_without_a_truth_image_is_named(tmp_path):
+    from hpa_pipeline.errors import InputDataError
+    from hpa_pipeline.submit.evaluation_images import _submission_labels
+
+    (tmp_path / "submission.csv").write_text("Id,Predicted\nx,0\n")
+    with pytest.raises(InputDataError, match=f"{tmp_path / 'submission.csv'} has no row for image\\(s\\) y of t.csv"):
+        _submission_labels(tmp_path / "submission.csv", {"x": [0], "y": [1]}, Path("t.csv"), 28)

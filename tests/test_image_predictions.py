@@ -64,3 +64,20 @@ def test_members_are_averaged_and_the_2018_submission_follows_the_sample_order(t
     with pytest.raises(InputDataError, match="lacks test image.*ghost"):
         make_submission_2018(tmp_path / "p.csv", tmp_path / "sample.csv", tmp_path / "s2.csv")
     assert not (tmp_path / "s2.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("b,1,0.2,x", r"p.csv row 3 \(ID b\): prob_1 'x' is not a number in \[0, 1\]"),
+        ("b,1,0.2,nan", r"p.csv row 3 \(ID b\): prob_1 'nan' is not a number in \[0, 1\]"),
+        ("b,1,1.5,0.2", r"p.csv row 3 \(ID b\): prob_0 '1.5' is not a number in \[0, 1\]"),
+        ("b,\u00b2,0.2,0.3", r"p.csv row 3 \(ID b\): label '\u00b2' is not a class index in 0..1"),
+        ("b,2,0.2,0.3", r"p.csv row 3 \(ID b\): label '2' is not a class index in 0..1"),
+        ("a,1,0.2,0.3", r"p.csv row 3: ID a occurs twice \(first in row 2\)"),
+    ],
+)
+def test_a_bad_row_is_one_error_naming_the_file_and_the_row(tmp_path, row, message):
+    (tmp_path / "p.csv").write_text(f"ID,labels,prob_0,prob_1\na,0,0.9,0.3\n{row}\n")
+    with pytest.raises(InputDataError, match=message):
+        read_image_predictions(tmp_path / "p.csv")

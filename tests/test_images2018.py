@@ -28,6 +28,8 @@ def test_submission_round_trip_in_the_given_order(tmp_path):
     ("text", "message"),
     [
         ("Id,Predicted\na,28\n", r"s.csv row 2 \(Id a\): class '28' is not an integer in 0..27"),
+        ("Id,Predicted\na,1\nb,2 \u00b2\n", r"s.csv row 3 \(Id b\): class '\u00b2' is not an integer in 0..27"),
+        ("Id,Predicted\na,1\nb,\u0663\n", r"s.csv row 3 \(Id b\): class '\u0663' is not an integer in 0..27"),
         ("Id,Predicted\na,1 1\n", "row 2 .*class 1 occurs twice"),
         ("Id,Predicted\na,1\na,2\n", "row 3: Id a occurs twice"),
         ("ID,Label\na,1\n", "row 1: header"),
@@ -47,5 +49,19 @@ def test_macro_f1_matches_hand_computed_value():
     # class 0: tp 1, truth 2, predicted 2 -> 0.5; class 1: tp 2, truth 2, predicted 2 -> 1; class 2 absent
     assert per_class_f1(truth, predicted)[:2].tolist() == [0.5, 1.0] and np.isnan(per_class_f1(truth, predicted)[2])
     assert macro_f1(truth, predicted) == pytest.approx(0.75)
-    predicted[0, 2] = True  # a class predicted but absent from the truth counts 0
-    assert macro_f1(truth, predicted) == pytest.approx(0.5)
+    predicted[0, 2] = True  # a class absent from the truth is left out, predicted or not (as in Kaggle's sum)
+    assert macro_f1(truth, predicted) == pytest.approx(0.75)
+
+
+def test_macro_f1_is_kaggles_2018_figure_rescaled_to_the_classes_present():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((40, 28)) < 0.1
+    truth[:, [3, 17]] = False  # two classes without positives, one of them predicted below
+    predicted = rng.random((40, 28)) < 0.15
+    predicted[:, 3] = True
+    kaggle = f1_score(truth, predicted, average="macro", zero_division=0)  # all 28 classes
+    assert macro_f1(truth, predicted) == pytest.approx(kaggle * 28 / 26)
+    truth[0] = True  # every class present: the two definitions agree
+    assert macro_f1(truth, predicted) == pytest.approx(f1_score(truth, predicted, average="macro", zero_division=0))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import write_rgby
-from workflow_helpers import REPO
+from workflow_helpers import REPO, copy_workflow, snakemake
 
 from hpa_pipeline.cli import main
 from hpa_pipeline.data.init_config import (
@@ -21,6 +21,7 @@ from hpa_pipeline.data.init_config import (
     DatasetSummary,
     SplitSummary,
     area_thresholds,
+    estimate_disk_bytes,
     init_config,
     inspect_dataset,
     preset_blocks,
@@ -28,6 +29,9 @@ from hpa_pipeline.data.init_config import (
     validate_config,
 )
 from hpa_pipeline.errors import ConfigError, InputDataError
+from hpa_pipeline.labels import TASK_CELLS, TASK_IMAGES
+
+PRESETS_2021 = PRESETS[TASK_CELLS]
 
 
 def hpa_pipeline_command(*args: str) -> subprocess.CompletedProcess:
@@ -50,7 +54,7 @@ def top_level_keys_without_comment(text: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("preset", sorted(PRESETS_2021))
 def test_written_config_is_valid_complete_and_commented(tiny_dataset, tmp_path, preset):
     out = tmp_path / "my.yaml"
     config = write(tiny_dataset, out, preset)
@@ -58,7 +62,7 @@ def test_written_config_is_valid_complete_and_commented(tiny_dataset, tmp_path, 
     assert top_level_keys_without_comment(out.read_text()) == []
     assert config["input_dir"] == str(tiny_dataset.resolve())
     assert "truth_dir" not in config and "demo_data" not in config  # no truth here, and the data exists
-    shipped = yaml.safe_load((REPO / PRESETS[preset]).read_text())
+    shipped = yaml.safe_load((REPO / PRESETS_2021[preset]).read_text())
     for key in ("seed", "preprocess", "segment", "folds", "model_defaults", "models", "ensembles"):
         assert config[key] == shipped[key], key
     assert config["submission"]["members"] == shipped["submission"]["members"]
@@ -84,7 +88,7 @@ def test_truth_dir_is_written_only_when_the_folder_has_per_cell_truth(tiny_datas
     assert write(tiny_dataset, tmp_path / "with.yaml")["truth_dir"] == str((tiny_dataset / "truth").resolve())
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS.values()))
+@pytest.mark.parametrize("name", sorted(name for presets in PRESETS.values() for name in presets.values()))
 def test_preset_blocks_keep_every_key_of_the_shipped_configs(name):
     text = (REPO / name).read_text()
     blocks = preset_blocks(text)
@@ -231,3 +235,87 @@ def test_version(capsys):
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert pyproject["project"]["version"] == hpa_pipeline.__version__
     assert f"## {hpa_pipeline.__version__}" in (REPO / "CHANGELOG.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------ the 2018 layout
+
+
+@pytest.fixture
+def data_2018(tmp_path) -> Path:
+    """A folder in the 2018 layout (train.csv Id,Target; truth/test.csv), not marked as the demo's."""
+    from hpa_pipeline.data.synth2018 import write_demo_dataset_2018
+    from hpa_pipeline.io.folders import SYNTHETIC_MARKER
+
+    write_demo_dataset_2018(tmp_path / "data2018", n_train=6, n_test=2, image_size=64, progress=False)
+    (tmp_path / "data2018" / SYNTHETIC_MARKER).unlink()
+    return tmp_path / "data2018"
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS[TASK_IMAGES]))
+def test_a_2018_folder_gives_a_valid_commented_2018_config(data_2018, tmp_path, preset):
+    out = tmp_path / "my.yaml"
+    config = write(data_2018, out, preset)
+    validate_config(config, REPO)
+    assert top_level_keys_without_comment(out.read_text()) == []
+    assert config["task"] == "hpa2018-images"
+    assert config["input_dir"] == str(data_2018.resolve())
+    assert config["truth_dir"] == str((data_2018 / "truth").resolve())  # truth/test.csv: Id,Target
+    assert "demo_data" not in config and "segment" not in config
+    assert config["shards"] == {"train": 1, "test": 1}
+    shipped = yaml.safe_load((REPO / PRESETS[TASK_IMAGES][preset]).read_text())
+    for key in ("seed", "preprocess", "folds", "thresholds", "model_defaults", "models", "ensembles"):
+        assert config[key] == shipped[key], key
+    assert config["submission"] == {"members": shipped["submission"]["members"]}  # no area thresholds
+
+
+def test_the_2018_summary_names_the_task_its_classes_and_its_truth(data_2018, tmp_path):
+    text = init_config(data_2018, tmp_path / "my.yaml", preset="demo", workflow_dir=REPO)
+    assert text.startswith(f"dataset {data_2018.resolve()}: task hpa2018-images (Id,Target)\n")
+    assert "  train: 6 images, 64x64 (6); 8-bit" in text
+    assert re.search(r"^\s+27 Rods & rings\s+\d+$", text, re.MULTILINE)
+    assert f"  truth_dir: {(data_2018 / 'truth').resolve()}" in text
+    assert "1 train and 1 test shards, 2 models x 2 folds" in text
+    assert "rough time: about 2 minutes on 2 CPU cores" in text  # 6 x 2.8 + 70 s of the 2018 demo preset
+    (data_2018 / "truth" / "test.csv").unlink()
+    text = init_config(data_2018, tmp_path / "my.yaml", preset="demo", workflow_dir=REPO, force=True)
+    assert "  truth_dir: none (no truth/test.csv): no metrics" in text
+
+
+def test_a_2018_bad_label_names_the_file_and_row(data_2018, tmp_path):
+    table = data_2018 / "train.csv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([lines[0], lines[1], lines[2].split(",")[0] + ",3 \u00b2", *lines[3:]]) + "\n")
+    with pytest.raises(
+        InputDataError, match=re.escape(f"{table} row 3 (Id {lines[2].split(',')[0]}): unknown label '²'")
+    ):
+        init_config(data_2018, tmp_path / "my.yaml", preset="demo", workflow_dir=REPO)
+    assert not (tmp_path / "my.yaml").exists()
+
+
+def test_a_train_table_of_neither_task_is_named(tiny_dataset, tmp_path):
+    (tiny_dataset / "train.csv").write_text("Image,Labels\nimg0,0\n")
+    message = (
+        f"{tiny_dataset / 'train.csv'} row 1: columns Image,Labels; "
+        "expected ID,Label (task hpa2021-cells) or Id,Target (task hpa2018-images)"
+    )
+    with pytest.raises(InputDataError, match=re.escape(message)):
+        inspect_dataset(tiny_dataset)
+
+
+def test_an_unknown_backbone_is_named_not_left_out_of_the_disk_estimate(tiny_dataset, tmp_path):
+    config = write(tiny_dataset, tmp_path / "my.yaml")
+    summary = inspect_dataset(tiny_dataset)
+    name = sorted(config["models"])[0]
+    config["models"][name]["backbone"] = "densenet12x"
+    with pytest.raises(ConfigError, match=re.escape(f"models.{name}.backbone: unknown backbone 'densenet12x'")):
+        estimate_disk_bytes(summary, config)
+
+
+@pytest.mark.slow
+def test_the_written_2018_config_passes_a_dry_run(data_2018, tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    init_config(data_2018, workdir / "my.yaml", preset="demo", workflow_dir=workdir)
+    result = snakemake(workdir, "submission", "--configfile", "my.yaml", "-n")
+    assert re.search(r"^make_submission\s+1$", result.stdout, re.MULTILINE)
+    assert re.search(r"^evaluate\s+1$", result.stdout, re.MULTILINE)  # truth/test.csv: the metrics too
+    assert not re.search(r"^(segment|crop_cells|make_demo_data)\s", result.stdout, re.MULTILINE)

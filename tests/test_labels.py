@@ -14,7 +14,7 @@ def test_parse_labels_keeps_order_and_drops_duplicates():
     assert parse_labels("7|1|2|0|7") == [7, 1, 2, 0]
 
 
-@pytest.mark.parametrize("text", ["19", "-1", "a", "1||2", ""])
+@pytest.mark.parametrize("text", ["19", "-1", "a", "1||2", "", "\u00b2", "1|\u0663"])
 def test_unknown_label_is_reported_with_its_place(text):
     with pytest.raises(InputDataError, match="train.csv row 3"):
         parse_labels(text, "train.csv row 3")

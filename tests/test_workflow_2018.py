@@ -4,11 +4,23 @@
 import json
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import yaml
 from workflow_helpers import copy_workflow, snakemake
 
-from hpa_pipeline.kaggle.images2018 import read_submission_2018
+from hpa_pipeline.kaggle.images2018 import labels_matrix, macro_f1, read_submission_2018
+from hpa_pipeline.labels import read_train_table_2018
+
+#: The bar colours of results/report/metrics.png, by the ``what`` of a metrics.tsv row (matplotlib's tab: colours).
+BAR_COLOURS = {"model": (0x1F, 0x77, 0xB4), "ensemble": (0xFF, 0x7F, 0x0E), "submission": (0x2C, 0xA0, 0x2C)}
+
+
+def colour_runs(image: np.ndarray, colour: tuple[int, int, int]) -> int:
+    """Runs of adjacent pixel columns that hold ``colour`` exactly (a bar or a legend patch each)."""
+    columns = (image == np.array(colour, np.uint8)).all(axis=2).any(axis=0).astype(int)
+    return int(np.count_nonzero(np.diff(np.r_[0, columns]) == 1))
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +49,37 @@ def test_demo_2018_writes_a_valid_2018_submission_and_its_metrics(demo_2018_run)
     metrics = json.loads((demo_2018_run / "results/metrics.json").read_text())
     config = yaml.safe_load((demo_2018_run / "configs/demo_2018.yaml").read_text())
     assert set(metrics["models"]) == set(config["models"]) and set(metrics["ensembles"]) == {"both"}
-    assert 0 <= metrics["submission"]["macro_f1_fitted"] <= 1
-    assert set(metrics["references"]["test"]) == {"chance", "most_frequent"}
-    rows = (demo_2018_run / "results/metrics.tsv").read_text().splitlines()
-    assert rows[0].split("\t") == ["what", "name", "stage", "scored_on", "macro_f1", "macro_f1_fitted"]
-    assert len(rows) == 1 + 2 + 1 + 1 + 1 + 4  # models, ensemble, members' average, submission, references
+    # the submission's score is that of the submitted file against the test labels
+    truth = read_train_table_2018(demo_2018_run / "resources/demo_data_2018/truth/test.csv")
+    truth_rows = dict(zip(truth["ID"], truth["labels"]))
+    ids = list(truth_rows)
+    scored = macro_f1(labels_matrix(truth_rows, ids, 28), labels_matrix(submission, ids, 28))
+    assert metrics["submission"]["macro_f1"] == scored
+    # and it beats both references on the test images (the README's claim; CPU runs are byte-deterministic)
+    references = metrics["references"]["test"]
+    assert set(references) == {"chance", "most_frequent"}
+    assert scored > max(references["chance"]["macro_f1"], references["most_frequent"]["macro_f1"])
+    rows = [row.split("\t") for row in (demo_2018_run / "results/metrics.tsv").read_text().splitlines()]
+    assert rows[0] == ["what", "name", "stage", "scored_on", "macro_f1", "macro_f1_fitted"]
+    assert [(row[0], row[1], row[3]) for row in rows[1:]] == [
+        ("model", "resnet_gapgmp", "out-of-fold (train)"),
+        ("model", "effnet_cam", "out-of-fold (train)"),
+        ("ensemble", "both", "out-of-fold (train)"),
+        ("ensemble", "submission members", "out-of-fold (train)"),
+        ("ensemble", "image_predictions.csv", "test"),
+        ("submission", "submission.csv", "test"),
+        ("reference", "chance", "train"),
+        ("reference", "most_frequent", "train"),
+        ("reference", "chance", "test"),
+        ("reference", "most_frequent", "test"),
+    ]
+    assert rows[6][4:] == ["", f"{scored:.6f}"]  # the file has labels only: no figure at 0.5
     # the averaged (SWA) model's validation is in the last row of its training metrics
     assert "swa_valid_image_macro_f1" in (demo_2018_run / "results/models/resnet_gapgmp/fold0/metrics.csv").read_text()
-    assert (demo_2018_run / "results/report/metrics.png").is_file()
+    # the metrics plot: one bar per scored row in its kind's colour, plus that kind's legend patch
+    plot = cv2.imread(str(demo_2018_run / "results/report/metrics.png"), cv2.IMREAD_COLOR)[:, :, ::-1]
+    for what, colour in BAR_COLOURS.items():
+        assert colour_runs(plot, colour) == sum(row[0] == what for row in rows[1:]) + 1, what
 
 
 @pytest.fixture

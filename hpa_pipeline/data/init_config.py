@@ -1,15 +1,19 @@
 """``hpa-pipeline init-config``: check a user's dataset folder and write a complete, commented config for it.
 
-The config is a preset of the workflow (``configs/demo.yaml`` or ``workflow_config.yaml``) with every key and
-comment kept, in which the data-dependent keys are written for the folder: ``input_dir``, ``truth_dir`` (only
-when the folder carries per-cell truth), the shard counts (from the image counts) and the submission's area
-thresholds (from the image size). ``demo_data`` is never written: the data exists already. The folder is
-checked first (layout, tables, four readable channels per ID of one size, bit depth) and every problem is one
-error naming the file; nothing is written unless the whole config is valid.
+The folder's ``train.csv`` decides the task: ``ID,Label`` is HPA 2021 (task ``hpa2021-cells``), ``Id,Target``
+HPA 2018 (task ``hpa2018-images``). The config is a preset of the workflow for that task (2021:
+``configs/demo.yaml`` or ``workflow_config.yaml``; 2018: ``configs/demo_2018.yaml`` or ``workflow_2018.yaml``)
+with every key and comment kept, in which the data-dependent keys are written for the folder: ``input_dir``,
+``truth_dir`` (only when the folder carries truth: 2021 ``truth/cells.csv``, 2018 ``truth/test.csv``), the
+shard counts (from the image counts) and, in the 2021 task, the submission's area thresholds (from the image
+size). ``demo_data`` is never written: the data exists already. The folder is checked first (layout, tables,
+four readable channels per ID of one size, bit depth) and every problem is one error naming the file; nothing
+is written unless the whole config is valid.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 from collections import Counter
@@ -23,12 +27,19 @@ from hpa_pipeline.errors import ConfigError, InputDataError
 from hpa_pipeline.io.channels import CHANNELS, IMAGE_SUFFIXES, read_channel_raw
 from hpa_pipeline.io.files import write_text_atomic
 from hpa_pipeline.io.folders import is_synthetic
-from hpa_pipeline.labels import CLASS_NAMES, N_CLASSES, read_test_table, read_train_table
+from hpa_pipeline.labels import TASK_CELLS, TASK_IMAGES, class_names, read_label_table
 
-#: Preset name -> the workflow file it copies.
-PRESETS: dict[str, str] = {"demo": "configs/demo.yaml", "full": "workflow_config.yaml"}
+#: Task -> preset name -> the workflow file it copies.
+PRESETS: dict[str, dict[str, str]] = {
+    TASK_CELLS: {"demo": "configs/demo.yaml", "full": "workflow_config.yaml"},
+    TASK_IMAGES: {"demo": "configs/demo_2018.yaml", "full": "workflow_2018.yaml"},
+}
+#: The columns of ``train.csv`` that tell the task.
+TASK_COLUMNS: dict[str, tuple[str, str]] = {TASK_CELLS: ("ID", "Label"), TASK_IMAGES: ("Id", "Target")}
+#: Per task, the file under ``truth/`` that rule evaluate scores against.
+TRUTH_FILES: dict[str, str] = {TASK_CELLS: "cells.csv", TASK_IMAGES: "test.csv"}
 #: Keys init-config writes itself; every other key of the preset is copied with its comments.
-DATA_KEYS = ("input_dir", "truth_dir", "demo_data", "shards", "extra_train_sets", "submission")
+DATA_KEYS = ("task", "input_dir", "truth_dir", "demo_data", "shards", "extra_train_sets", "submission")
 #: The public HPA list of the full preset: trained on when the folder holds it.
 PUBLIC_TABLE = "kaggle_2021.tsv"
 #: A comment for the preset keys whose comments sit on their nested keys only, so that every key has one.
@@ -40,8 +51,9 @@ KEY_COMMENTS: dict[str, str] = {
     "models": "# The models: kind image = CAM model on whole images, kind cell = cell-crop model.",
     "ensembles": "# Ensembles: equal-weight averages of their members' out-of-fold predictions.",
 }
-#: Images per shard: the full configuration's 64 train and 4 test shards on Kaggle's 21806 and 559 images.
-IMAGES_PER_SHARD = {"train": 340, "test": 140}
+#: Images per shard, per task: the full configurations' shards on Kaggle's images (2021: 64 train and 4 test
+#: shards for 21806 and 559 images; 2018: 64 and 20 for 31072 and 11702).
+IMAGES_PER_SHARD = {TASK_CELLS: {"train": 340, "test": 140}, TASK_IMAGES: {"train": 500, "test": 600}}
 #: The original's area thresholds (px) on 2048 px fields; they scale with the image area.
 AREA_THRESHOLDS_2048 = {"edge_area_threshold": 80000, "center_area_threshold": 32000}
 #: A guess of cells per HPA field (10-40 on real fields) for the disk estimate of crops and cell tables.
@@ -50,13 +62,16 @@ CELLS_PER_IMAGE = 25
 CHECKPOINT_BYTES_PER_PARAMETER = 18
 #: Images decoded completely per split by default (every file's header is always read).
 DECODE_SAMPLE = 16
-#: Job seconds of `make demo` on the project's shared 2-core build machine (logs/benchmarks/, 11 min wall
-#: for 24 + 6 images of 512 px): preprocessing per megapixel of input, training and prediction of the demo
-#: preset's 10 tiny models x 2 folds per training image, and the rest (folds, plots, evaluation, submission).
-#: Used for the demo preset's rough time only; an idle machine is about twice as fast.
-DEMO_PREPROCESS_S_PER_MEGAPIXEL = 5.0
-DEMO_MODELS_S_PER_TRAIN_IMAGE = 26.0
-DEMO_FIXED_S = 60.0
+#: Per task, job seconds of the demo preset's run on the project's shared 2-core build machine
+#: (logs/benchmarks/): preprocessing per megapixel of input, training and prediction of the preset's tiny
+#: models x 2 folds per training image, and the rest (folds, plots, evaluation, submission). 2021: `make demo`,
+#: 11 min wall for 24 + 6 images of 512 px, 10 models, with segmentation; 2018: the 2018 demo, 4.5 min wall
+#: for 96 + 24 images of 256 px, 2 models, resizing only. Used for the demo preset's rough time only; an
+#: idle machine is about twice as fast.
+DEMO_SECONDS: dict[str, dict[str, float]] = {
+    TASK_CELLS: {"per_megapixel": 5.0, "per_train_image": 26.0, "fixed": 60.0},
+    TASK_IMAGES: {"per_megapixel": 0.4, "per_train_image": 2.8, "fixed": 70.0},
+}
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_GREY = 0
@@ -91,9 +106,10 @@ class DatasetSummary:
     Attributes:
         input_dir: the folder (absolute).
         train, test: the splits.
-        label_counts: images per class in ``train.csv`` (19 entries).
-        truth_dir: ``input_dir/truth`` when it holds per-cell truth (``cells.csv``), else None.
+        label_counts: images per class in ``train.csv`` (19 or 28 entries).
+        truth_dir: ``input_dir/truth`` when it holds the task's truth (``TRUTH_FILES``), else None.
         synthetic: the demo generator wrote the folder.
+        task: ``hpa2021-cells`` or ``hpa2018-images``, from ``train.csv``'s columns.
     """
 
     input_dir: Path
@@ -102,6 +118,7 @@ class DatasetSummary:
     label_counts: list[int]
     truth_dir: Path | None
     synthetic: bool
+    task: str = TASK_CELLS
 
 
 def inspect_dataset(input_dir: str | Path, decode: int | None = DECODE_SAMPLE) -> DatasetSummary:
@@ -134,8 +151,9 @@ def inspect_dataset(input_dir: str | Path, decode: int | None = DECODE_SAMPLE) -
             raise InputDataError(
                 f"missing table {input_dir / name} (the Kaggle layout has train.csv and sample_submission.csv)"
             )
-    train_table = read_train_table(input_dir / "train.csv")
-    test_table = read_test_table(input_dir / "sample_submission.csv")
+    task = detect_task(input_dir / "train.csv")
+    train_table = read_label_table(input_dir / "train.csv", "train", task)
+    test_table = read_label_table(input_dir / "sample_submission.csv", "test", task)
     if train_table.empty:
         raise InputDataError(f"{input_dir / 'train.csv'} lists no images")
     if test_table.empty:
@@ -143,7 +161,7 @@ def inspect_dataset(input_dir: str | Path, decode: int | None = DECODE_SAMPLE) -
     both = sorted(set(train_table["ID"]) & set(test_table["ID"]))
     if both:
         raise InputDataError(f"{input_dir / 'sample_submission.csv'}: ID(s) also in train.csv: {', '.join(both[:5])}")
-    label_counts = [0] * N_CLASSES
+    label_counts = [0] * len(class_names(task))
     for labels in train_table["labels"]:
         for label in labels:
             label_counts[label] += 1
@@ -153,9 +171,25 @@ def inspect_dataset(input_dir: str | Path, decode: int | None = DECODE_SAMPLE) -
         train=_inspect_split(input_dir / "train", "train", train_table["ID"].tolist(), decode),
         test=_inspect_split(input_dir / "test", "test", test_table["ID"].tolist(), decode),
         label_counts=label_counts,
-        truth_dir=truth if (truth / "cells.csv").is_file() else None,
+        truth_dir=truth if (truth / TRUTH_FILES[task]).is_file() else None,
         synthetic=is_synthetic(input_dir),
+        task=task,
     )
+
+
+def detect_task(train_table: Path) -> str:
+    """The task a ``train.csv`` is for, from its header: ``ID,Label`` (2021) or ``Id,Target`` (2018).
+
+    Raises:
+        InputDataError: naming the file when its header is neither.
+    """
+    with open(train_table, newline="", encoding="utf-8") as handle:
+        header = [column.strip() for column in next(csv.reader(handle), [])]
+    for task, columns in TASK_COLUMNS.items():
+        if set(columns) <= set(header):
+            return task
+    expected = " or ".join(f"{','.join(columns)} (task {task})" for task, columns in TASK_COLUMNS.items())
+    raise InputDataError(f"{train_table} row 1: columns {','.join(header) or '(none)'}; expected {expected}")
 
 
 def _inspect_split(folder: Path, name: str, ids: list[str], decode: int | None) -> SplitSummary:
@@ -295,8 +329,9 @@ def preset_blocks(text: str) -> dict[str, str]:
 
 def shard_counts(summary: DatasetSummary) -> dict[str, int]:
     """Shards per split: about ``IMAGES_PER_SHARD`` images each, at least one."""
+    per_shard = IMAGES_PER_SHARD[summary.task]
     return {
-        name: max(1, round(len(split.ids) / IMAGES_PER_SHARD[name]))
+        name: max(1, round(len(split.ids) / per_shard[name]))
         for name, split in (("train", summary.train), ("test", summary.test))
     }
 
@@ -317,49 +352,71 @@ def build_config(summary: DatasetSummary, preset: str, workflow_dir: str | Path)
     """The commented config text for a checked dataset.
 
     Args:
-        summary: from :func:`inspect_dataset`.
-        preset: ``"demo"`` (tiny models, a CPU) or ``"full"`` (the 7th-place configuration).
+        summary: from :func:`inspect_dataset` (its task picks the presets).
+        preset: ``"demo"`` (tiny models, a CPU) or ``"full"`` (the 7th-place configuration, or in the 2018
+            task bestfitting's recipe).
         workflow_dir: the workflow folder (its presets are copied).
 
     Returns:
         YAML text; every top-level key has a comment above it.
     """
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r} (presets: {', '.join(PRESETS)})")
-    source = Path(workflow_dir) / PRESETS[preset]
+    presets = PRESETS[summary.task]
+    if preset not in presets:
+        raise ConfigError(f"unknown preset {preset!r} (presets: {', '.join(presets)})")
+    source = Path(workflow_dir) / presets[preset]
     blocks = preset_blocks(source.read_text(encoding="utf-8"))
     preset_config = yaml.safe_load(source.read_text(encoding="utf-8"))
     from hpa_pipeline import __version__
 
     shards = shard_counts(summary)
-    thresholds = area_thresholds(summary)
+    per_shard = IMAGES_PER_SHARD[summary.task]
     members = ", ".join(preset_config["submission"]["members"])
-    side = typical_side(summary.test)
+    image_task = summary.task == TASK_IMAGES
     parts = [
         f"# hpa-pipeline configuration for {summary.input_dir}\n"
         f"# Written by `hpa-pipeline init-config` (hpa-pipeline {__version__}) from preset {preset!r}\n"
-        f"# ({PRESETS[preset]}): its models and settings, with the keys that depend on the data set for this\n"
+        f"# ({presets[preset]}): its models and settings, with the keys that depend on the data set for this\n"
         f"# folder. Run: snakemake submission --configfile <this file>\n",
+    ]
+    if image_task:
+        columns = ",".join(TASK_COLUMNS[summary.task])
+        parts.append(
+            f"# The task, from train.csv's columns ({columns}): Kaggle's HPA Image Classification (2018), 28\n"
+            "# classes per image, image macro F1, submission Id,Predicted; no segmentation, masks or crops.\n"
+            f"task: {summary.task}\n"
+        )
+    parts.append(
         "# Dataset folder in the Kaggle layout (train/, test/, train.csv, sample_submission.csv), checked by\n"
         f"# init-config: {len(summary.train.ids)} train and {len(summary.test.ids)} test images.\n"
-        f"input_dir: {_quote(summary.input_dir)}\n",
-    ]
+        f"input_dir: {_quote(summary.input_dir)}\n"
+    )
     if summary.truth_dir is not None:
+        truth = "The test images' labels" if image_task else "Per-cell truth"
+        files = "test.csv, Id,Target" if image_task else "cells.csv, {split}/{ID}_cellmask.png"
         parts.append(
-            "# Per-cell truth found next to the images (cells.csv, {split}/{ID}_cellmask.png): rule evaluate scores\n"
+            f"# {truth} found next to the images ({files}): rule evaluate scores\n"
             "# every model, ensemble and the submission against it.\n"
             f"truth_dir: {_quote(summary.truth_dir)}\n"
         )
     parts.append(
         "# One preprocessing job per shard and dataset: about "
-        f"{IMAGES_PER_SHARD['train']} train and {IMAGES_PER_SHARD['test']} test images per\n"
-        "# shard (the full configuration's 64 and 4 shards on Kaggle's 21806 and 559 images), at least one.\n"
+        f"{per_shard['train']} train and {per_shard['test']} test images per\n"
+        "# shard (the full configuration's shards on Kaggle's images), at least one.\n"
         f"shards:\n  train: {shards['train']}\n  test: {shards['test']}\n"
     )
-    parts.append(_extra_sets_block(summary.input_dir, preset))
+    parts.append(_extra_sets_block_2018() if image_task else _extra_sets_block(summary.input_dir, preset))
     for key, text in blocks.items():
         if key not in DATA_KEYS:
             parts.append(text if text.startswith("#") else f"{KEY_COMMENTS.get(key, f'# {key}')}\n{text}")
+    if image_task:
+        parts.append(
+            "# The submission: equal-weight average over members and folds of the test images' probabilities;\n"
+            "# its labels are those at the per-class thresholds (see thresholds).\n"
+            f"submission:\n  members: [{members}]\n"
+        )
+        return "\n".join(parts)
+    thresholds = area_thresholds(summary)
+    side = typical_side(summary.test)
     parts.append(
         "# The submission: equal-weight average over members and folds of the test predictions; every score of\n"
         "# a cell is scaled by min(1, area / threshold), area in pixels at the original test resolution, with\n"
@@ -371,6 +428,15 @@ def build_config(summary: DatasetSummary, preset: str, workflow_dir: str | Path)
         f"  center_area_threshold: {thresholds['center_area_threshold']}\n"
     )
     return "\n".join(parts)
+
+
+def _extra_sets_block_2018() -> str:
+    """No extra set in the 2018 task's config: the HPA v18 external images are the user's choice."""
+    return (
+        "# Further labelled datasets trained on with the train set: none here (every 2018 solution also trained\n"
+        "# on the HPA v18 external images).\n"
+        "extra_train_sets: {}\n"
+    )
 
 
 def _extra_sets_block(input_dir: Path, preset: str) -> str:
@@ -419,9 +485,19 @@ def validate_config(config: dict[str, Any], workflow_dir: str | Path) -> None:
 
 
 def estimate_disk_bytes(summary: DatasetSummary, config: dict[str, Any]) -> int:
-    """An upper bound of the bytes of the stores under results/ (uncompressed; Zarr compresses them)."""
+    """An upper bound of the bytes of the stores under results/ (uncompressed; Zarr compresses them).
+
+    Raises:
+        ConfigError: a model's backbone is not a timm model (naming the key), so its checkpoints cannot be
+            sized.
+    """
     n_images = len(summary.train.ids) + len(summary.test.ids)
+    n_classes = len(class_names(summary.task))
     preprocess = config["preprocess"]
+    if summary.task == TASK_IMAGES:  # images only: no masks, segmentation, cells or crops
+        total = sum(n_images * size * size * 4 for size in preprocess["image_sizes"])  # RGBY uint8
+        predictions = n_images * n_classes * 4 * 8  # float32 image probabilities of up to 8 TTA views
+        return total + predictions * len(config["models"]) * 2 + _checkpoint_bytes(config, n_classes)
     total = 0
     for size in preprocess["image_sizes"]:
         total += n_images * size * size * (4 + 2)  # RGBY uint8 images and uint16 masks
@@ -432,26 +508,32 @@ def estimate_disk_bytes(summary: DatasetSummary, config: dict[str, Any]) -> int:
             total += count * pixels * 2  # uint16 segmentation at its source resolution
     crop = preprocess["crop_size"]
     total += n_images * CELLS_PER_IMAGE * 8 * crop * crop * len(preprocess["crop_image_sizes"])
-    predictions = n_images * CELLS_PER_IMAGE * N_CLASSES * 4 * 8  # float32 scores of 8 TTA views
+    predictions = n_images * CELLS_PER_IMAGE * n_classes * 4 * 8  # float32 scores of 8 TTA views
     total += predictions * len(config["models"]) * 2
-    return total + _checkpoint_bytes(config)
+    return total + _checkpoint_bytes(config, n_classes)
 
 
-def _checkpoint_bytes(config: dict[str, Any]) -> int:
+def _checkpoint_bytes(config: dict[str, Any], n_classes: int) -> int:
     """Bytes of every model's final.pt and epoch checkpoint (weights plus Adam's two moments)."""
-    import timm
     import torch
 
     from hpa_pipeline.config import resolve_model
+    from hpa_pipeline.nets.models import create_model
 
     total = 0
     for name in config["models"]:
-        backbone = resolve_model(config, name)["backbone"]
+        settings = resolve_model(config, name)
         try:
             with torch.device("meta"):  # shapes only: no memory, no weights
-                model = timm.create_model(backbone, pretrained=False, num_classes=N_CLASSES)
-        except Exception:  # an unknown backbone is reported when its training starts
-            continue
+                model = create_model(
+                    settings["kind"],
+                    settings["backbone"],
+                    cosine_head=bool(settings.get("cosine_head", False)),
+                    num_classes=n_classes,
+                    head=settings.get("head") or "cam",
+                )
+        except ConfigError as error:
+            raise ConfigError(f"models.{name}.backbone: {error}") from error
         parameters = sum(parameter.numel() for parameter in model.parameters())
         total += parameters * CHECKPOINT_BYTES_PER_PARAMETER * config["folds"]["n_folds"]
     return total
@@ -466,16 +548,16 @@ def estimate_seconds(summary: DatasetSummary, preset: str) -> float | None:
         for split in (summary.train, summary.test)
         for (height, width), count in split.sizes.items()
     )
+    seconds = DEMO_SECONDS[summary.task]
     return (
-        megapixels * DEMO_PREPROCESS_S_PER_MEGAPIXEL
-        + len(summary.train.ids) * DEMO_MODELS_S_PER_TRAIN_IMAGE
-        + DEMO_FIXED_S
+        megapixels * seconds["per_megapixel"] + len(summary.train.ids) * seconds["per_train_image"] + seconds["fixed"]
     )
 
 
 def format_summary(summary: DatasetSummary, config: dict[str, Any], preset: str, out: Path) -> str:
     """The summary init-config prints: images, sizes, bit depths, label counts, shards, disk and time."""
-    lines = [f"dataset {summary.input_dir}" + (" (synthetic, from the demo generator)" if summary.synthetic else "")]
+    synthetic = " (synthetic, from the demo generator)" if summary.synthetic else ""
+    lines = [f"dataset {summary.input_dir}{synthetic}: task {summary.task} ({','.join(TASK_COLUMNS[summary.task])})"]
     for split in (summary.train, summary.test):
         sizes = ", ".join(f"{w}x{h} ({n})" for (h, w), n in sorted(split.sizes.items(), key=lambda item: -item[1]))
         depths = ", ".join(f"{bits}-bit" for bits in sorted(split.bit_depths))
@@ -489,12 +571,14 @@ def format_summary(summary: DatasetSummary, config: dict[str, Any], preset: str,
                 f"{', '.join(split.unlisted[:3])}{' ...' if len(split.unlisted) > 3 else ''}"
             )
     lines.append("  labels (train images per class):")
+    names = class_names(summary.task)
     for index, count in enumerate(summary.label_counts):
-        lines.append(f"    {index:>2} {CLASS_NAMES[index]:<42} {count}")
+        lines.append(f"    {index:>2} {names[index]:<42} {count}")
     missing = [str(index) for index, count in enumerate(summary.label_counts) if count == 0]
     if missing:
         lines.append(f"    no training image carries class(es) {', '.join(missing)}: their scores will stay near 0")
-    lines.append(f"  truth_dir: {summary.truth_dir if summary.truth_dir else 'none (no truth/cells.csv): no metrics'}")
+    no_truth = f"none (no truth/{TRUTH_FILES[summary.task]}): no metrics"
+    lines.append(f"  truth_dir: {summary.truth_dir if summary.truth_dir else no_truth}")
     lines.append(
         f"config {out} (preset {preset}): {config['shards']['train']} train and {config['shards']['test']} "
         f"test shards, {len(config['models'])} models x {config['folds']['n_folds']} folds"
@@ -554,8 +638,8 @@ def init_config(
         InputDataError: the folder is not a usable dataset (naming the file).
     """
     out = Path(out)
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r} (presets: {', '.join(PRESETS)})")
+    if preset not in PRESETS[TASK_CELLS]:
+        raise ConfigError(f"unknown preset {preset!r} (presets: {', '.join(PRESETS[TASK_CELLS])})")
     if out.exists() and not force:
         raise ConfigError(f"{out} exists already; pass --force to replace it")
     if out.is_dir():

@@ -1,11 +1,7 @@
 """The 2018 competition's own formats (Human Protein Atlas Image Classification): the submission
 ``Id,Predicted`` (space-separated class indices 0..27 per test image, possibly none), its validator, and
-the metric, macro F1 over the classes.
-
-Kaggle averaged F1 over all 28 classes (a class absent from truth and predictions counts 0). On the small
-synthetic demo many classes never occur in the test images, so :func:`macro_f1` averages over the
-classes that occur in the truth or in the predictions; on the full test set every class occurs and the
-two agree.
+the project's one macro F1 (:func:`macro_f1`: training's validation, ``evaluate``, the thresholds' report),
+with the Kaggle 2018 definition beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ import numpy as np
 
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.files import atomic_file
-from hpa_pipeline.labels import CLASS_NAMES_2018
+from hpa_pipeline.labels import CLASS_NAMES_2018, CLASS_TOKEN
 
 N_CLASSES_2018 = len(CLASS_NAMES_2018)
 SUBMISSION_COLUMNS = ("Id", "Predicted")
@@ -90,7 +86,7 @@ def read_submission_2018(path: str | Path) -> dict[str, list[int]]:
                 raise InputDataError(f"{where}: Id {image_id} occurs twice")
             classes = []
             for token in text.split():
-                if not token.isdigit() or int(token) >= N_CLASSES_2018:
+                if not CLASS_TOKEN.fullmatch(token) or int(token) >= N_CLASSES_2018:
                     raise InputDataError(
                         f"{where} (Id {image_id}): class {token!r} is not an integer in 0..{N_CLASSES_2018 - 1}"
                     )
@@ -146,6 +142,24 @@ def per_class_f1(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 
 def macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
-    """Macro F1 over the classes that occur in the truth or the predictions (NaN when none does)."""
+    """The project's macro F1: the mean F1 over the classes with at least one positive in ``truth``.
+
+    One definition everywhere: training's ``valid_image_macro_f1``, rule ``evaluate`` of the 2018 task
+    and the fitted thresholds' report. NaN when no class has a positive.
+
+    Kaggle 2018 scored scikit-learn's ``f1_score(average="macro")`` over all 28 classes. There a class
+    without positives in the truth scores 0 whatever is predicted (it can have no true positive), so
+    Kaggle's figure is this one times (classes with positives) / 28: the same order of any two
+    predictions of the same images, and the same figure when every class occurs (the full test set).
+    Averaging over the classes present keeps small splits (a validation fold, the demo's 24 test images)
+    from being scaled down by the classes they lack. Averaging over the classes in the truth *or* the
+    predictions would charge a prediction of an absent class, which Kaggle does not, and order
+    predictions differently from Kaggle.
+
+    Args:
+        truth: (n, C) boolean true labels.
+        predicted: (n, C) boolean predicted labels.
+    """
     scores = per_class_f1(truth, predicted)
-    return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
+    present = np.asarray(truth, dtype=bool).sum(axis=0) > 0
+    return float(scores[present].mean()) if present.any() else float("nan")

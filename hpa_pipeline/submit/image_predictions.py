@@ -21,7 +21,7 @@ from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.files import write_text_atomic
 from hpa_pipeline.io.index import index_keys, read_index
 from hpa_pipeline.kaggle.images2018 import format_labels, write_submission_2018
-from hpa_pipeline.labels import n_classes, read_label_table
+from hpa_pipeline.labels import CLASS_TOKEN, n_classes, read_label_table
 from hpa_pipeline.submit.thresholds import mean_image_probs, read_thresholds
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,12 @@ def write_image_predictions(path: Path, ids: Sequence[str], probs: np.ndarray, t
 
 
 def read_image_predictions(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Read ``image_predictions.csv``: (ids, (n, C) probabilities, (n, C) boolean labels)."""
+    """Read ``image_predictions.csv``: (ids, (n, C) probabilities, (n, C) boolean labels).
+
+    Raises:
+        InputDataError: naming the file and row of the first problem (field count, an ID twice, a label
+            that is not a class index, a probability that is not a number in [0, 1]).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputDataError(f"missing image predictions {path}")
@@ -50,13 +55,41 @@ def read_image_predictions(path: str | Path) -> tuple[list[str], np.ndarray, np.
         raise InputDataError(f"{path} row 1: not an image predictions table (columns ID, labels, prob_...)")
     n = len(rows[0]) - 2
     ids, probs, labels = [], np.zeros((len(rows) - 1, n)), np.zeros((len(rows) - 1, n), bool)
+    first_row: dict[str, int] = {}
     for position, row in enumerate(rows[1:]):
+        number = position + 2
         if len(row) != n + 2:
-            raise InputDataError(f"{path} row {position + 2}: {len(row)} fields, expected {n + 2}")
-        ids.append(row[0])
-        probs[position] = [float(value) for value in row[2:]]
-        labels[position, [int(c) for c in row[1].split()]] = True
+            raise InputDataError(f"{path} row {number}: {len(row)} fields, expected {n + 2}")
+        image_id = row[0]
+        if image_id in first_row:
+            raise InputDataError(
+                f"{path} row {number}: ID {image_id} occurs twice (first in row {first_row[image_id]})"
+            )
+        first_row[image_id] = number
+        ids.append(image_id)
+        for column, value in enumerate(row[2:]):
+            probability = _probability(value)
+            if probability is None:
+                raise InputDataError(
+                    f"{path} row {number} (ID {image_id}): prob_{column} {value!r} is not a number in [0, 1]"
+                )
+            probs[position, column] = probability
+        for token in row[1].split():
+            if not CLASS_TOKEN.fullmatch(token) or int(token) >= n:
+                raise InputDataError(
+                    f"{path} row {number} (ID {image_id}): label {token!r} is not a class index in 0..{n - 1}"
+                )
+            labels[position, int(token)] = True
     return ids, probs, labels
+
+
+def _probability(text: str) -> float | None:
+    """The probability a cell holds, or None when it is not a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0.0 <= value <= 1.0 else None
 
 
 def make_image_predictions(

@@ -18,11 +18,12 @@ from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.cells import CellTable, read_cell_table
 from hpa_pipeline.io.folds import LabelledImages, read_labelled_images
 from hpa_pipeline.io.predictions import PredictionSet, align_to_cells, read_predictions
+from hpa_pipeline.kaggle.images2018 import macro_f1
 from hpa_pipeline.nets.devices import amp_dtype, autocast_context, claim_device, configure_threads
 from hpa_pipeline.nets.models import compile_model, create_model, create_optimizer
 from hpa_pipeline.nets.tta import predict_rows
 from hpa_pipeline.progress import progress
-from hpa_pipeline.scores import macro_f1, mean_average_precision
+from hpa_pipeline.scores import mean_average_precision
 from hpa_pipeline.settings import ModelData, ModelSettings
 from hpa_pipeline.train.checkpoints import (
     CHECKPOINT_NAME,
@@ -290,7 +291,7 @@ class Trainer:
         metrics = {
             "valid_image_bce": float(bce),
             "valid_image_map": mean_average_precision(image_targets, image_scores),
-            "valid_image_macro_f1": macro_f1(image_targets, image_scores),
+            "valid_image_macro_f1": macro_f1(image_targets > 0.5, image_scores >= 0.5),
         }
         if self.settings.image_level:
             return metrics

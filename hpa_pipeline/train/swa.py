@@ -1,6 +1,6 @@
-"""Checkpoint averaging (SWA, as pudae and bestfitting used in 2018): the weights of late epochs are
-averaged, then the BatchNorm statistics are recomputed on the training data, because the running
-statistics of the averaged weights are not the average of the epochs' statistics.
+"""Checkpoint averaging (SWA, as pudae, 3rd in 2018, used it in his swa.py; bestfitting's recipe has none):
+the weights of late epochs are averaged, then the BatchNorm statistics are recomputed on the training data,
+because the running statistics of the averaged weights are not the average of the epochs' statistics.
 
 A model's ``swa: {start_epoch, every}`` setting picks the epochs (1-based) ``start_epoch``,
 ``start_epoch + every``, ... up to the last; the averaged model is the ``final.pt`` prediction uses.
