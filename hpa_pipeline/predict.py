@@ -99,19 +99,25 @@ def predict_split(
     with claim_device(device) as claim:
         model = load_trained_model(checkpoint, settings, claim.torch_device)
         arrays = data.open_arrays(settings.kind, settings.task)
-        n_tta = settings.tta_crops if settings.image_level and settings.tta_crops else settings.tta
         predictions = predict_rows(
             model, settings, rows, cells, settings.tta, desc="predict", random_crops=True, **arrays
         )
+        predicted_views = predictions.image_probs.shape[2]
         predictions = combine_views(predictions, settings.tta_combine)
+    random_crops = settings.image_level and bool(settings.tta_crops)
     write_predictions(
         out_path,
         predictions,
         model=settings.name,
         fold=-1 if fold is None else fold,
         split="valid" if fold is not None else "test",
-        tta=n_tta,
-        tta_combine=settings.tta_combine,
+        # what was predicted and what the store holds: `max` leaves one view of the predicted ones
+        tta={
+            "views": "random_crops" if random_crops else "d4",
+            "predicted": predicted_views,
+            "combine": settings.tta_combine,
+            "stored": predictions.image_probs.shape[2],
+        },
     )
     log.info("%d images, %d cells -> %s", len(predictions.ids), predictions.n_cells, out_path)
 

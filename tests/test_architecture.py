@@ -5,6 +5,8 @@ hold what several stages use, and import only rooms further down.
 """
 
 import ast
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,60 @@ def test_the_package_never_imports_snakemake():
                 assert not any(alias.name.startswith("snakemake") for alias in node.names), path
             if isinstance(node, ast.ImportFrom):
                 assert not (node.module or "").startswith("snakemake"), path
+
+
+#: Public names that only the tests and users call, with the reason they stay.
+USED_OUTSIDE_THE_WORKFLOW = {
+    "read_submission": "the reader of the submission format that write_submission writes",
+    "decode_binary_mask": "the inverse of encode_binary_mask: how a user reads a submitted mask",
+    "model_settings_schema": "generates the schema's $defs.model_settings, whose copy test_settings checks",
+}
+#: Where the workflow calls the package from, besides the package itself.
+CALLERS = ("Snakefile", "pyproject.toml", "rules/*.smk", "benchmarks/**/*.py", "scripts/**/*.py")
+
+
+def _unused_public_names(modules: dict[str, str], callers: str) -> list[str]:
+    """``module: name`` of every public top-level function or class of ``modules`` (name -> source)
+    that no module refers to and whose name does not occur in ``callers``."""
+    trees = {module: ast.parse(source) for module, source in modules.items()}
+    referred = set()
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                referred.add(node.id)
+            elif isinstance(node, ast.Attribute):
+                referred.add(node.attr)
+            elif isinstance(node, ast.ImportFrom):
+                referred.update(alias.name for alias in node.names)
+    called = set(re.findall(r"\w+", callers))
+    return [
+        f"{module}: {node.name}"
+        for module, tree in trees.items()
+        for node in tree.body
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+        and not node.name.startswith("_")
+        and node.name not in referred | called | set(USED_OUTSIDE_THE_WORKFLOW)
+    ]
+
+
+def test_every_public_function_is_used_by_the_workflow():
+    modules = {str(path.relative_to(REPO)): path.read_text() for path in sorted(PACKAGE.rglob("*.py"))}
+    callers = "\n".join(path.read_text() for pattern in CALLERS for path in sorted(REPO.glob(pattern)))
+    assert len(modules) > 50 and "hpa-pipeline" in callers  # the walk found the package and the rules
+    assert _unused_public_names(modules, callers) == []
+
+
+def test_the_check_finds_a_function_only_tests_call():
+    modules = {
+        "a.py": "def used():\n    pass\n\n\ndef only_tested():\n    pass\n\n\ndef _private():\n    pass\n",
+        "b.py": "from a import used\n\nused()\n",
+    }
+    assert _unused_public_names(modules, "") == ["a.py: only_tested"]
+    assert _unused_public_names(modules, "hpa-pipeline only_tested --flag") == []
+
+
+def test_no_run_output_is_tracked():
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert [name for name in tracked.splitlines() if name.endswith(".log")] == []

@@ -13,7 +13,6 @@ from conftest import (
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import (
     image_shape,
-    read_channel,
     read_channel_raw,
     read_rgby,
     read_rgby_with_bit_depth,
@@ -30,7 +29,7 @@ def test_sixteen_bit_is_scaled_over_the_full_range():
 def test_real_sixteen_bit_image_keeps_its_contrast():
     raw = cv2.imread(str(REAL_16BIT), cv2.IMREAD_UNCHANGED)
     assert raw.dtype == np.uint16
-    image = read_channel(REAL_16BIT)
+    image = to_uint8(read_channel_raw(REAL_16BIT))
     assert image.dtype == np.uint8 and image.shape == raw.shape
     expected = np.rint(raw.astype(np.float64) * 255 / 65535)
     assert np.abs(image.astype(np.float64) - expected).max() <= 1
@@ -79,11 +78,11 @@ def test_channels_of_different_sizes_are_reported(tmp_path):
 def test_grey_image_saved_as_rgb_is_accepted_but_colour_is_not(tmp_path):
     grey = np.random.default_rng(1).integers(0, 255, size=(10, 12)).astype(np.uint8)
     cv2.imwrite(str(tmp_path / "grey.png"), np.dstack([grey] * 3))
-    assert np.array_equal(read_channel(tmp_path / "grey.png"), grey)
+    assert np.array_equal(read_channel_raw(tmp_path / "grey.png"), grey)
     colour = np.dstack([grey, grey, 255 - grey])
     cv2.imwrite(str(tmp_path / "colour.png"), colour)
     with pytest.raises(InputDataError, match="colour channels"):
-        read_channel(tmp_path / "colour.png")
+        read_channel_raw(tmp_path / "colour.png")
 
 
 def _jpeg(path, rgb):

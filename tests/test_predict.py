@@ -8,6 +8,7 @@ from hpa_pipeline.errors import ConfigError, InputDataError
 from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.folds import read_labelled_images
 from hpa_pipeline.io.predictions import read_predictions
+from hpa_pipeline.io.stores import open_store
 from hpa_pipeline.predict import concat_fold_stores, concat_folds, predict_split
 from hpa_pipeline.settings import ModelData, ModelSettings
 from hpa_pipeline.train.loop import train_model
@@ -50,6 +51,12 @@ def test_valid_predictions_cover_exactly_the_held_out_fold(trained, demo_stores)
     assert valid.probs.shape[1:] == (19, settings.tta)
     assert valid.image_probs.shape == (len(valid.ids), 19, settings.tta)
     assert np.isfinite(valid.probs).all() and ((valid.probs >= 0) & (valid.probs <= 1)).all()
+    assert open_store(root / "valid0.zarr", "predictions").attrs["tta"] == {
+        "views": "d4",
+        "predicted": settings.tta,
+        "combine": "mean",
+        "stored": settings.tta,
+    }
     concat_fold_stores(
         [root / "valid1.zarr", root / "valid0.zarr"], [base / "train/index.csv"], root / "oof.zarr", settings.name
     )
@@ -125,3 +132,9 @@ def test_image_task_predicts_images_only_with_random_crops_combined_by_max(demo_
     predict_split(mean, tmp_path / "model" / "final.pt", data, tmp_path / "mean.zarr", fold=1)
     crops = read_predictions(tmp_path / "mean.zarr").image_probs
     assert crops.shape[2] == 3 and np.allclose(crops.max(axis=2), valid.image_probs[:, :, 0], atol=1e-6)
+    # the stores record the views predicted and what their combination left
+    recorded = {name: open_store(tmp_path / name, "predictions").attrs["tta"] for name in ("valid.zarr", "mean.zarr")}
+    assert recorded == {
+        "valid.zarr": {"views": "random_crops", "predicted": 3, "combine": "max", "stored": 1},
+        "mean.zarr": {"views": "random_crops", "predicted": 3, "combine": "mean", "stored": 3},
+    }

@@ -388,18 +388,6 @@ def test_failed_overwrite_keeps_the_old_dataset(tmp_path: Path, monkeypatch: pyt
     assert _files(out) == before
 
 
-def test_render_preview(tmp_path: Path) -> None:
-    fields = [synth.render_field(np.random.default_rng(i), 96, 128, 4, [i]) for i in range(4)]
-    synth.render_preview(fields[0], tmp_path / "one.png")
-    one = cv2.imread(str(tmp_path / "one.png"), cv2.IMREAD_UNCHANGED)
-    assert one.shape == (96, 128, 3)
-    synth.render_preview(fields, tmp_path / "grid.png", columns=2, titles=["a", "b", "c", "d"], max_side=200)
-    grid = cv2.imread(str(tmp_path / "grid.png"), cv2.IMREAD_UNCHANGED)
-    assert max(grid.shape[:2]) == 200 and grid.shape[2] == 3
-    synth.render_preview(fields[1].channels, tmp_path / "array.png")
-    assert (tmp_path / "array.png").is_file()
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # Full-size fields
 # ------------------------------------------------------------------------------------------------------------------

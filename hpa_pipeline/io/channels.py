@@ -44,18 +44,6 @@ def to_uint8(image: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
     raise InputDataError(f"{path}: unsupported pixel type {image.dtype} (expected 8- or 16-bit)")
 
 
-def read_channel(path: str | Path) -> np.ndarray:
-    """Read one single-channel image file (PNG or TIFF, 8- or 16-bit; or a channel JPEG) as uint8.
-
-    Args:
-        path: the image file.
-
-    Returns:
-        A (H, W) uint8 array.
-    """
-    return to_uint8(read_channel_raw(path), path)
-
-
 def decode_jpeg_channel(data: bytes, channel: str) -> np.ndarray:
     """Decode one channel's JPEG (HPA v18: ``{ID}_{channel}.jpg``) to a (H, W) uint8 plane.
 

@@ -16,14 +16,6 @@ SYNTHETIC_MARKER = ".hpa-pipeline-synthetic"
 _CHANNEL_FILE = re.compile(r".+_(red|green|blue|yellow)\.(png|tiff?|jpg)$", re.IGNORECASE)
 
 
-def channel_files(folder: str | Path) -> list[Path]:
-    """The channel image files (``{ID}_{channel}.png/.tif/.jpg``) directly inside ``folder``, sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(path for path in folder.iterdir() if _CHANNEL_FILE.fullmatch(path.name) and path.is_file())
-
-
 def holds_images(dataset: str | Path) -> bool:
     """True when a dataset folder (or its ``train/`` or ``test/``) holds any channel image file."""
     dataset = Path(dataset)
