@@ -18,8 +18,9 @@ from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.stores import (
     CHUNK_WRITE_CONFIG,
-    CROP_COMPRESSORS,
+    DEFAULT_CODEC,
     atomic_store,
+    codec_options,
     open_store,
     read_strings,
     write_strings,
@@ -93,13 +94,20 @@ def crop_cells_of_image(image: np.ndarray, labels: np.ndarray, instances: np.nda
 
 
 def crop_shard(
-    images_path: str | Path, masks_path: str | Path, cells_path: str | Path, crop_size: int, out_path: str | Path
+    images_path: str | Path,
+    masks_path: str | Path,
+    cells_path: str | Path,
+    crop_size: int,
+    out_path: str | Path,
+    codec: str = DEFAULT_CODEC,
 ) -> None:
     """Write the crops of every cell of a shard, in cell-table order.
 
     The store holds ``crops`` (n_cells, 8, C, C) uint8 (one Zarr chunk per cell, CELLS_PER_SHARD cells
-    per file), the cell index ``image_index`` and ``instance``, and per image ``ids`` and ``offsets``.
+    per file, encoded with ``codec``, a name in :data:`hpa_pipeline.io.stores.CODECS`), the cell index
+    ``image_index`` and ``instance``, and per image ``ids`` and ``offsets``.
     """
+    crop_codec = codec_options(codec, "crops")
     images = open_store(images_path, "images")
     masks = open_store(masks_path, "masks_resized")
     table = read_cell_table(cells_path)
@@ -121,7 +129,7 @@ def crop_shard(
             dtype="uint8",
             chunks=(1, 8, crop_size, crop_size),
             shards=(CELLS_PER_SHARD, 8, crop_size, crop_size),
-            compressors=CROP_COMPRESSORS,
+            **crop_codec,
             config=CHUNK_WRITE_CONFIG,
         )
         # whole shard files are written at once: a partial shard write would re-read and re-encode it
