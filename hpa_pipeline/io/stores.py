@@ -33,16 +33,15 @@ warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr 
 #:
 #: "fast", for the stores the training loaders read at random (one chunk per image or cell). Images:
 #: Blosc Zstandard 1 with bit shuffle in 1 MiB blocks: the bit planes of an 8-bit image compress
-#: apart (the high ones are nearly constant), and 1 MiB blocks instead of Blosc's default ~64 KiB give
-#: Zstandard the context it needs. Real fields: 1.08x (768 px) / 1.11x (1536 px) the original's PNGs,
-#: decoding ~1.5x the CPU of the pre-0.3 lz4 (which was 1.36x the PNGs), a third of the delta's.
-#: Crops: Zstandard's fast level -3, which on the mostly-zero crops encodes about as fast as lz4 and
-#: decodes twice as fast, 0.9x its size; level 1 is 0.8x the size for 1.6x lz4's encoding CPU, which
-#: halved the crop stage's speed.
+#: apart (the high ones are nearly constant), and 1 MiB blocks instead of Blosc's default ~32-64 KiB
+#: give Zstandard the context it needs. Real fields: 1.08x (768 px) / 1.11x (1536 px) the original's
+#: PNGs; a CAM loader sample costs 1.04-1.11x the CPU it did with 0.2's lz4 (1.36x the PNGs), 0.3.0's
+#: delta 1.3-1.6x. Crops: Zstandard's fast level -3, which on the mostly-zero crops encodes about as
+#: fast as lz4 at 0.9x its size; level 1 is 0.8x the size for ~1.6x lz4's encoding CPU.
 #:
 #: "dense", for stores written once and read once: a horizontal delta (PNG's "sub" predictor) before
-#: Zstandard 1, as small as the PNGs (1.01x) but the delta's decoding, a cumulative sum, costs ~6 ms
-#: per 768 px image: three times the fast codec's decoding, the cost that starves a GPU's loader.
+#: Zstandard 1, as small as the PNGs (1.01x), but the delta's decoding, a cumulative sum, costs ~6 ms
+#: per 768 px image, about three times the fast codec's decoding: the cost that starves a GPU's loader.
 CODECS: dict[str, dict[str, dict[str, tuple]]] = {
     "fast": {
         "images": {"compressors": (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", blocksize=2**20),)},
