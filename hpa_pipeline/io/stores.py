@@ -35,7 +35,7 @@ warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr 
 #: Blosc Zstandard 1 with bit shuffle in 1 MiB blocks: the bit planes of an 8-bit image compress
 #: apart (the high ones are nearly constant), and 1 MiB blocks instead of Blosc's default ~32-64 KiB
 #: give Zstandard the context it needs. Real fields: 1.08x (768 px) / 1.11x (1536 px) the original's
-#: PNGs; a CAM loader sample costs 1.04-1.11x the CPU it did with 0.2's lz4 (1.36x the PNGs), 0.3.0's
+#: PNGs; a CAM loader sample costs 0.97-1.11x the CPU it did with 0.2's lz4 (1.36x the PNGs), 0.3.0's
 #: delta 1.3-1.6x. Crops: Zstandard 1 inside Blosc, one block per crop: the same bytes as plain
 #: Zstandard 1 (0.8x lz4's), but the crop stage runs 15-25 % faster than with plain Zstandard at
 #: level 1 (0.3.0) or -3 (measured; Blosc releases the GIL, numcodecs' Zstd seemingly does not).
