@@ -29,8 +29,9 @@ from hpa_pipeline.data.synth import render_field
 from hpa_pipeline.io.channels import CHANNELS
 from hpa_pipeline.io.stores import (
     CHUNK_WRITE_CONFIG,
-    IMAGE_COMPRESSORS,
+    DEFAULT_CODEC,
     atomic_store,
+    codec_options,
     open_store,
     write_rows,
     write_strings,
@@ -80,7 +81,7 @@ def write_store(path: Path, n_images: int) -> None:
             shape=(n_images, 4, SIZE, SIZE),
             dtype="uint8",
             chunks=(1, 4, SIZE, SIZE),
-            compressors=IMAGE_COMPRESSORS,
+            **codec_options(DEFAULT_CODEC, "images"),
             config=CHUNK_WRITE_CONFIG,
         )
         row = 0

@@ -1,10 +1,13 @@
 """Training-loader throughput: samples/s read from the Zarr stores vs decoding the same samples from PNGs.
 
-    python benchmarks/bench_loader.py [--images 16] [--workers 0 1 2] [--workdir DIR]
+    python benchmarks/bench_loader.py [--images 16] [--workers 0 1 2] [--codecs fast dense lz4-0.2]
+        [--repeats 2] [--workdir DIR]
 
 The image-level (CAM) loader reads a 768 px image and its mask and cuts a random 512 px crop; the
 PNG baseline decodes the same 768 px image (4 channel PNGs, as the original stored them) and mask
 PNG and cuts the same crop. The cell loader reads single 192 px crops from the sharded crop store.
+Per store codec (images and crops written with it), with 0 workers: the loader's CPU per sample
+(this process, all threads; collate included), the figure that says how many workers a GPU needs.
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from bench_preprocess import dataset, truth_masks_store
+from bench_preprocess import dataset, truth_masks_store  # also adds the lz4-0.2 codec
 from torch.utils.data import DataLoader, Dataset
 
 from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.channels import CHANNELS
-from hpa_pipeline.io.stores import ShardedArray, open_store, read_strings
+from hpa_pipeline.io.stores import CODECS, DEFAULT_CODEC, ShardedArray, open_store, read_strings
 from hpa_pipeline.nets.models import normalize_images
 from hpa_pipeline.preprocess.crops import crop_shard
 from hpa_pipeline.preprocess.masks import resize_masks_shard
@@ -58,7 +61,8 @@ class PngCamSet(Dataset):
         }
 
 
-def throughput(dataset: Dataset, batch_size: int, workers: int, epochs: int, collate=None) -> float:
+def throughput(dataset: Dataset, batch_size: int, workers: int, epochs: int, collate=None) -> tuple[float, float]:
+    """Samples/s and CPU ms per sample of this process (the loading itself only with 0 workers)."""
     sampler = EpochSampler(len(dataset), seed=0)
     loader = DataLoader(
         dataset,
@@ -70,30 +74,40 @@ def throughput(dataset: Dataset, batch_size: int, workers: int, epochs: int, col
     )
     for _ in loader:  # warm-up: worker start, page cache
         break
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     count = 0
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         for batch in loader:
             count += len(next(iter(batch.values())))
-    return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started), (time.process_time() - cpu) / count * 1000
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--codecs", nargs="+", choices=sorted(CODECS), default=[DEFAULT_CODEC])
+    parser.add_argument("--repeats", type=int, default=2, help="runs per figure; the best is reported")
     parser.add_argument("--workdir", type=Path, default=Path("benchmarks/out"))
     args = parser.parse_args()
     data, ids = dataset(args.workdir, args.images, 2048, 25)
     work = args.workdir / "loader"
-    resize_shard(data / "train", ids, [768], [work / "i768.zarr"], threads=2)
     truth_masks_store(data, ids, work / "truth.zarr")
     resize_masks_shard(work / "truth.zarr", [768], [work / "m768.zarr"], work / "cells.zarr", "train")
-    crop_shard(work / "i768.zarr", work / "m768.zarr", work / "cells.zarr", 192, work / "crops.zarr")
+    for codec in args.codecs:
+        resize_shard(data / "train", ids, [768], [work / f"i768-{codec}.zarr"], threads=2, codec=codec)
+        crop_shard(
+            work / f"i768-{codec}.zarr",
+            work / "m768.zarr",
+            work / "cells.zarr",
+            192,
+            work / f"crops-{codec}.zarr",
+            codec,
+        )
     png = work / "png768"
     png.mkdir(parents=True, exist_ok=True)
-    images = open_store(work / "i768.zarr", "images")
+    images = open_store(work / f"i768-{args.codecs[0]}.zarr", "images")
     masks = open_store(work / "m768.zarr", "masks_resized")
     for row, image_id in enumerate(read_strings(images, "ids")):
         for channel, plane in zip(CHANNELS, images["images"][row]):
@@ -101,33 +115,29 @@ def main() -> None:
         cv2.imwrite(str(png / f"{image_id}_mask.png"), masks["masks"][row])
 
     cells = read_cell_table([work / "cells.zarr"])
+    n_cells = cells.n_cells
     labels = np.zeros((len(ids), 19), np.float32)
-    zarr_set = CamTrainingSet(
-        ShardedArray([work / "i768.zarr"], "images", "images"),
-        ShardedArray([work / "m768.zarr"], "masks_resized", "masks"),
-        np.arange(len(ids)),
-        labels,
-        cells,
-        None,
-        512,
-        True,
-        0,
-    )
-    png_set = PngCamSet(png, ids, 512, 0)
-    crops = ShardedArray([work / "crops.zarr"], "crops", "crops")
-    n_cells = read_cell_table(work / "cells.zarr").n_cells
-    cell_set = CellCropSet(crops, np.arange(n_cells), np.zeros((n_cells, 19), np.float32))
+    mask_rows = ShardedArray([work / "m768.zarr"], "masks_resized", "masks")
+    sets: dict[str, tuple[Dataset, int, object]] = {"CAM from PNG": (PngCamSet(png, ids, 512, 0), 8, collate_cam)}
+    for codec in args.codecs:
+        image_rows = ShardedArray([work / f"i768-{codec}.zarr"], "images", "images")
+        cam = CamTrainingSet(image_rows, mask_rows, np.arange(len(ids)), labels, cells, None, 512, True, 0)
+        crops = ShardedArray([work / f"crops-{codec}.zarr"], "crops", "crops")
+        cell = CellCropSet(crops, np.arange(n_cells), np.zeros((n_cells, 19), np.float32))
+        sets[f"CAM, codec {codec}"] = (cam, 8, collate_cam)
+        sets[f"crops, codec {codec}"] = (cell, 128, None)
     torch.set_num_threads(1)
-    print(f"# {len(ids)} images of 768 px, {n_cells} cells; samples/s (higher is better)")
+    print(f"# {len(ids)} images of 768 px, {n_cells} cells; best of {args.repeats}, sets in turns")
     for workers in args.workers:
-        from_zarr = throughput(zarr_set, 8, workers, 3, collate_cam)
-        from_png = throughput(png_set, 8, workers, 3, collate_cam)
-        from_crops = throughput(cell_set, 128, workers, 3)
-        print(
-            f"workers={workers}: CAM loader from Zarr {from_zarr:.1f}/s, "
-            f"same samples decoded from PNG {from_png:.1f}/s "
-            f"({from_zarr / from_png:.1f}x); cell-crop loader from Zarr {from_crops:.0f} crops/s"
-        )
+        best = {name: (0.0, np.inf) for name in sets}
+        for _ in range(args.repeats):
+            for name, (dataset_, batch_size, collate) in sets.items():
+                rate, cpu = throughput(dataset_, batch_size, workers, 3, collate)
+                best[name] = (max(best[name][0], rate), min(best[name][1], cpu))
+        for name, (rate, cpu) in best.items():
+            unit = "crops" if name.startswith("crops") else "samples"
+            cpu_note = f", {cpu:.1f} ms CPU per sample" if workers == 0 else ""
+            print(f"workers={workers}: {name}: {rate:.1f} {unit}/s{cpu_note}")
 
 
 if __name__ == "__main__":

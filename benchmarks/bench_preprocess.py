@@ -1,11 +1,14 @@
 """Speed and memory of the preprocessing stages on synthetic 2048 px fields (prints figures).
 
     python benchmarks/bench_preprocess.py [--images 16] [--size 2048] [--cells 25] [--workdir DIR]
+        [--codecs fast dense lz4-0.2] [--threads 1 2] [--repeats 5] [--parts resize segment crop memory]
 
-Prints: the PNG decode floor (1 and 2 threads) next to the resize stage; seconds per image of the
+Prints: the PNG decode floor next to the resize stage, per store codec (hpa_pipeline.io.stores.CODECS,
+plus ``lz4-0.2``, the codec of hpa-pipeline < 0.3, for comparison), as images/s and as a ratio to the
+floor, wall time and CPU time (the CPU ratio holds on a loaded machine); seconds per image of the
 classical segmentation on the train path (1536 px input, scale 1.0) and the test path (original,
-scale 0.5); crops per second from 768 px; and the peak memory of a shard job for growing numbers of
-images (it must not grow with them).
+scale 0.5); crops per second from 768 px per codec; and the peak memory of a shard job for growing
+numbers of images (it must not grow with them). Codecs are timed in turns, best of ``--repeats``.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from zarr.codecs import BloscCodec
 
 from hpa_pipeline.data.index import build_index
 from hpa_pipeline.data.synth import write_demo_dataset
 from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.channels import CHANNELS
 from hpa_pipeline.io.stores import (
+    CODECS,
+    DEFAULT_CODEC,
     MASK_COMPRESSORS,
     atomic_store,
     write_strings,
@@ -36,6 +42,11 @@ from hpa_pipeline.preprocess.crops import crop_shard
 from hpa_pipeline.preprocess.masks import resize_masks_shard, segment_shard
 from hpa_pipeline.preprocess.resize import resize_shard
 from hpa_pipeline.preprocess.segment import create_producer
+
+#: The codec of hpa-pipeline < 0.3 (Blosc lz4 1, bit shuffle, Blosc's own blocks), to compare with.
+CODECS["lz4-0.2"] = {
+    kind: {"compressors": (BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle"),)} for kind in CODECS["fast"]
+}
 
 
 def dataset(workdir: Path, n_images: int, size: int, cells: int) -> tuple[Path, list[str]]:
@@ -48,12 +59,17 @@ def dataset(workdir: Path, n_images: int, size: int, cells: int) -> tuple[Path, 
     return data, ids
 
 
-def decode_floor(files: list[Path], threads: int) -> float:
+def timed(function, *args) -> tuple[float, float]:
+    """Wall and CPU seconds (this process, all threads) of ``function(*args)``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    function(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def decode_floor(files: list[Path], threads: int) -> None:
     cv2.setNumThreads(1)
-    started = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda path: cv2.imread(str(path), cv2.IMREAD_UNCHANGED), files))
-    return time.perf_counter() - started
 
 
 def truth_masks_store(data: Path, ids: list[str], path: Path) -> None:
@@ -108,6 +124,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--cells", type=int, default=25)
     parser.add_argument("--workdir", type=Path, default=Path("benchmarks/out"))
+    parser.add_argument("--codecs", nargs="+", choices=sorted(CODECS), default=[DEFAULT_CODEC])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="resize threads")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per timing; the best is reported")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("resize", "segment", "crop", "memory"),
+        default=["resize", "segment", "crop", "memory"],
+    )
     parser.add_argument("--child", choices=("resize", "segment", "crop"))
     parser.add_argument("--data", type=Path)
     parser.add_argument("--ids")
@@ -124,52 +149,91 @@ def main() -> None:
         path.read_bytes()  # page cache: measure decoding, not the disk
     print(f"# {len(ids)} synthetic fields of {args.size} px, {args.cells} cells each, {len(files)} PNGs")
 
-    floor = {threads: min(decode_floor(files, threads) for _ in range(5)) for threads in (1, 2)}
-    resize_times = {}
-    for threads in (1, 2):
-        runs = []
-        for _ in range(5):
-            for old in (work / "i768.zarr", work / "i1536.zarr"):  # Snakemake deletes outputs before a job
-                shutil.rmtree(old, ignore_errors=True)
-            started = time.perf_counter()
-            resize_shard(data / "train", ids, [768, 1536], [work / "i768.zarr", work / "i1536.zarr"], threads=threads)
-            runs.append(time.perf_counter() - started)
-        resize_times[threads] = min(runs)
-    for threads in (1, 2):
+    if "resize" in args.parts:
+        for threads in args.threads:
+            best: dict[str, list[float]] = {name: [np.inf, np.inf] for name in ["decode floor", *args.codecs]}
+            for _ in range(args.repeats):  # codecs in turns, so that a busy spell on the machine hits them all
+                for name in best:
+                    for old in (work / "i768.zarr", work / "i1536.zarr"):  # Snakemake deletes outputs before a job
+                        shutil.rmtree(old, ignore_errors=True)
+                    if name == "decode floor":
+                        times = timed(decode_floor, files, threads)
+                    else:
+                        outs = [work / "i768.zarr", work / "i1536.zarr"]
+                        times = timed(resize_shard, data / "train", ids, [768, 1536], outs, threads, name)
+                    best[name] = [min(old, new) for old, new in zip(best[name], times)]
+            floor_wall, floor_cpu = best["decode floor"]
+            print(
+                f"decode floor, {threads} thread(s): {len(ids) / floor_wall:.1f} img/s, "
+                f"{floor_cpu / len(ids) * 1000:.0f} ms CPU/img"
+            )
+            for name in args.codecs:
+                wall, cpu = best[name]
+                print(
+                    f"  resize 768 + 1536, {threads} thread(s), codec {name}: {len(ids) / wall:.1f} img/s = "
+                    f"{wall / floor_wall:.2f}x the floor ({cpu / floor_cpu:.2f}x its CPU)"
+                )
+        png_768 = _png_bytes(work / "i768.zarr")
+        for name in args.codecs:
+            resize_shard(data / "train", ids, [768], [work / "i768.zarr"], 2, name)
+            store = sum(f.stat().st_size for f in (work / "i768.zarr").rglob("*") if f.is_file())
+            print(
+                f"  images 768 px, codec {name}: {store / len(ids) / 1e6:.2f} MB/img = {store / png_768:.2f}x the PNGs"
+            )
+
+    if "segment" in args.parts:
+        if not (work / "i1536.zarr").exists():
+            resize_shard(data / "train", ids, [1536], [work / "i1536.zarr"], threads=2)
+        producer = create_producer("classical")
+        subset = ids[: min(4, len(ids))]
+        started = time.perf_counter()
+        segment_shard(subset, work / "seg_train.zarr", producer, 1.0, images_store=_subset_store(work, subset))
+        train_path = (time.perf_counter() - started) / len(subset)
+        started = time.perf_counter()
+        segment_shard(subset, work / "seg_test.zarr", producer, 0.5, image_dir=data / "train")
+        test_path = (time.perf_counter() - started) / len(subset)
         print(
-            f"decode floor, {threads} thread(s): {floor[threads]:.2f} s; resize stage (768 + 1536, "
-            f"{threads} thread(s)): {resize_times[threads]:.2f} s = "
-            f"{resize_times[threads] / floor[threads]:.2f}x the floor"
+            f"segmentation (classical): {train_path:.2f} s/image on the train path (1536 px, scale 1.0), "
+            f"{test_path:.2f} s/image on the test path (original, scale 0.5)"
         )
 
-    producer = create_producer("classical")
-    subset = ids[: min(4, len(ids))]
-    started = time.perf_counter()
-    segment_shard(subset, work / "seg_train.zarr", producer, 1.0, images_store=_subset_store(work, subset))
-    train_path = (time.perf_counter() - started) / len(subset)
-    started = time.perf_counter()
-    segment_shard(subset, work / "seg_test.zarr", producer, 0.5, image_dir=data / "train")
-    test_path = (time.perf_counter() - started) / len(subset)
-    print(
-        f"segmentation (classical): {train_path:.2f} s/image on the train path (1536 px, scale 1.0), "
-        f"{test_path:.2f} s/image on the test path (original, scale 0.5)"
-    )
+    if "crop" in args.parts:
+        truth_masks_store(data, ids, work / "truth.zarr")
+        resize_masks_shard(work / "truth.zarr", [768], [work / "m768.zarr"], work / "cells.zarr", "train")
+        n_cells = read_cell_table(work / "cells.zarr").n_cells
+        for name in args.codecs:  # the images the crops are cut from are written with the same codec
+            resize_shard(data / "train", ids, [768], [work / f"i768-{name}.zarr"], 2, name)
+        best = {name: [np.inf, np.inf] for name in args.codecs}
+        for _ in range(args.repeats):
+            for name in args.codecs:
+                images = work / f"i768-{name}.zarr"
+                times = timed(
+                    crop_shard, images, work / "m768.zarr", work / "cells.zarr", 192, work / "crops.zarr", name
+                )
+                best[name] = [min(old, new) for old, new in zip(best[name], times)]
+        for name in args.codecs:
+            wall, cpu = best[name]
+            print(
+                f"crops from 768 px, codec {name}: {n_cells} cells in {wall:.2f} s = {n_cells / wall:.0f} cells/s "
+                f"({cpu / n_cells * 1000:.2f} ms CPU/cell)"
+            )
 
-    truth_masks_store(data, ids, work / "truth.zarr")
-    resize_masks_shard(work / "truth.zarr", [768], [work / "m768.zarr"], work / "cells.zarr", "train")
-    n_cells = read_cell_table(work / "cells.zarr").n_cells
-    started = time.perf_counter()
-    crop_shard(work / "i768.zarr", work / "m768.zarr", work / "cells.zarr", 192, work / "crops.zarr")
-    elapsed = time.perf_counter() - started
-    print(f"crops from 768 px: {n_cells} cells in {elapsed:.2f} s = {n_cells / elapsed:.0f} cells/s")
+    if "memory" in args.parts:
+        for stage in ("resize", "segment", "crop"):
+            counts = sorted({max(1, len(ids) // 4), max(1, len(ids) // 2), len(ids)})
+            peaks = [peak_memory(stage, data, ids[:count], args.workdir / f"mem-{stage}-{count}") for count in counts]
+            print(
+                f"peak memory of a {stage} shard: "
+                + ", ".join(f"{count} images {peak:.0f} MiB" for count, peak in zip(counts, peaks))
+            )
 
-    for stage in ("resize", "segment", "crop"):
-        counts = sorted({max(1, len(ids) // 4), max(1, len(ids) // 2), len(ids)})
-        peaks = [peak_memory(stage, data, ids[:count], args.workdir / f"mem-{stage}-{count}") for count in counts]
-        print(
-            f"peak memory of a {stage} shard: "
-            + ", ".join(f"{count} images {peak:.0f} MiB" for count, peak in zip(counts, peaks))
-        )
+
+def _png_bytes(store: Path) -> int:
+    """Bytes of the store's images as the original kept them: one cv2.imwrite-default PNG per channel."""
+    import zarr
+
+    images = zarr.open_group(store, mode="r")["images"]
+    return sum(len(cv2.imencode(".png", plane)[1]) for row in range(images.shape[0]) for plane in images[row])
 
 
 def _subset_store(work: Path, subset: list[str]) -> Path:

@@ -36,12 +36,11 @@ from zarr.codecs import numcodecs as nc3
 from hpa_pipeline.data.synth import plan_dataset, render_field
 from hpa_pipeline.io.stores import (
     CHUNK_WRITE_CONFIG,
-    CROP_COMPRESSORS,
-    IMAGE_COMPRESSORS,
-    IMAGE_FILTERS,
+    CODECS,
     MASK_COMPRESSORS,
     ShardedArray,
     atomic_store,
+    codec_options,
     write_rows,
 )
 from hpa_pipeline.preprocess.crops import CELLS_PER_SHARD, crop_cells_of_image
@@ -49,6 +48,8 @@ from hpa_pipeline.preprocess.masks import resize_labels_keeping_cells
 from hpa_pipeline.preprocess.resize import ImageResizer
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared/realdata/hpa_samples/kaggle2021_train"
+if not REAL.is_dir():  # a git worktree under /work/wt/ instead of the checkout next to shared/
+    REAL = Path(__file__).resolve().parents[3] / "shared/realdata/hpa_samples/kaggle2021_train"
 CROP_SIZE = 192
 
 
@@ -64,10 +65,8 @@ def candidates(kind: str) -> dict[str, dict]:
     """
     if kind == "masks":
         options: dict[str, dict] = {"current": {"compressors": MASK_COMPRESSORS}}
-    elif kind == "crops":
-        options = {"current": {"compressors": CROP_COMPRESSORS}}
-    else:
-        options = {"current": {"filters": IMAGE_FILTERS, "compressors": IMAGE_COMPRESSORS}}
+    else:  # the pipeline's named codecs (hpa_pipeline.io.stores.CODECS)
+        options = {f"current {name}": codec_options(name, kind) for name in CODECS}
     short = {"noshuffle": "noshuf", "shuffle": "shuf", "bitshuffle": "bitshuf"}
     # byte shuffle is a no-op on uint8 (images, crops); bit shuffle is what lz4 needs there
     shuffles = ("noshuffle", "shuffle", "bitshuffle") if kind == "masks" else ("noshuffle", "bitshuffle")
@@ -75,6 +74,11 @@ def candidates(kind: str) -> dict[str, dict]:
         for clevel in levels:
             for shuffle in shuffles:
                 options[f"blosc-{cname}-{clevel}-{short[shuffle]}"] = {"compressors": _blosc(cname, clevel, shuffle)}
+    # Blosc's default blocks are small (~32-64 KiB at these levels); 1 MiB ones give the compressor context
+    for cname in ("lz4", "zstd"):
+        options[f"blosc-{cname}-1-bitshuf-1M"] = {
+            "compressors": (BloscCodec(cname=cname, clevel=1, shuffle="bitshuffle", blocksize=2**20),)
+        }
     options["blosc-blosclz-9-shuf"] = {"compressors": _blosc("blosclz", 9, "shuffle")}
     for level in (1, 3, 9):
         options[f"zstd-{level}"] = {"compressors": (ZstdCodec(level=level),)}

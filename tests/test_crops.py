@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from conftest import blob_image, write_rgby
 from test_masks import write_masks_store
+from test_resize import DENSE_CODECS, recorded_codecs
 
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.cells import read_cell_table
@@ -113,6 +114,38 @@ def test_crop_shard_matches_per_image_crops_in_cell_table_order(tmp_path):
         assert np.array_equal(crops[table.offsets[row] : table.offsets[row + 1]], expected)
     shard_files = list((paths["crops"] / "crops" / "c").rglob("*"))
     assert len([f for f in shard_files if f.is_file()]) == -(-table.n_cells // CELLS_PER_SHARD)
+
+
+FAST_CROP_CODECS = [
+    {"name": "bytes"},
+    {
+        "name": "blosc",
+        "configuration": {"typesize": 1, "cname": "zstd", "clevel": 1, "shuffle": "noshuffle", "blocksize": 2**20},
+    },
+]
+
+
+@pytest.mark.parametrize(("codec", "expected"), [(None, FAST_CROP_CODECS), ("dense", DENSE_CODECS)])
+def test_crops_store_codec_training_read_by_default_dense_on_request(tmp_path, codec, expected):
+    paths = make_shard(tmp_path, n_images=4)
+    crop_shard(
+        paths["images"],
+        paths["resized"],
+        paths["cells"],
+        16,
+        paths["crops"],
+        **({} if codec is None else {"codec": codec}),
+    )
+    sharding = recorded_codecs(paths["crops"], "crops")
+    assert [codec["name"] for codec in sharding] == ["sharding_indexed"]
+    assert sharding[0]["configuration"]["codecs"] == expected
+    table = read_cell_table(paths["cells"])
+    images = open_store(paths["images"], "images")["images"]
+    masks = open_store(paths["resized"], "masks_resized")["masks"]
+    expected_crops = np.concatenate(
+        [crop_cells_of_image(images[row], masks[row], table.instances_of(row), 16) for row in range(len(table.ids))]
+    )
+    assert np.array_equal(open_store(paths["crops"], "crops")["crops"][:], expected_crops)
 
 
 def test_crop_shard_with_no_cells_writes_an_empty_store(tmp_path):

@@ -1,9 +1,12 @@
+import json
+
 import cv2
 import numpy as np
 import pytest
 from conftest import REAL_IMAGES, real_image_ids, requires_realdata, write_rgby
 
 from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.io.channels import CHANNELS
 from hpa_pipeline.io.stores import open_store, read_strings
 from hpa_pipeline.preprocess.resize import (
     ImageResizer,
@@ -73,6 +76,45 @@ def test_resize_shard_writes_one_store_per_size(tiny_dataset, tmp_path):
         64,
     )
     assert np.array_equal(open_store(outs[1], "images")["images"][1], expected)
+
+
+def recorded_codecs(store, array: str) -> list[dict]:
+    """The codec chain zarr recorded in the array's metadata."""
+    return json.loads((store / array / "zarr.json").read_text())["codecs"]
+
+
+FAST_IMAGE_CODECS = [
+    {"name": "bytes"},
+    {
+        "name": "blosc",
+        "configuration": {"typesize": 1, "cname": "zstd", "clevel": 1, "shuffle": "bitshuffle", "blocksize": 2**20},
+    },
+]
+DENSE_CODECS = [
+    {"name": "numcodecs.delta", "configuration": {"dtype": "u1"}},
+    {"name": "bytes"},
+    {"name": "zstd", "configuration": {"level": 1, "checksum": False}},
+]
+
+
+@pytest.mark.parametrize(("codec", "expected"), [(None, FAST_IMAGE_CODECS), ("dense", DENSE_CODECS)])
+def test_images_store_codec_training_read_by_default_dense_on_request(tiny_dataset, tmp_path, codec, expected):
+    ids = ["img0", "img1", "img2"]
+    options = {} if codec is None else {"codec": codec}
+    resize_shard(tiny_dataset / "train", ids, [64], [tmp_path / "i64.zarr"], **options)
+    assert recorded_codecs(tmp_path / "i64.zarr", "images") == expected
+    stored = open_store(tmp_path / "i64.zarr", "images")["images"][:]
+    planes = [
+        np.stack([cv2.imread(str(tiny_dataset / "train" / f"{image_id}_{c}.png"), 0) for c in CHANNELS])
+        for image_id in ids
+    ]
+    assert np.array_equal(stored, np.stack([resize_image(image, 64) for image in planes]))
+
+
+def test_unknown_codec_is_refused_before_anything_is_written(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="unknown store codec 'lz5'"):
+        resize_shard(tiny_dataset / "train", ["img0"], [32], [tmp_path / "out" / "i32.zarr"], codec="lz5")
+    assert not (tmp_path / "out").exists()
 
 
 def test_sixteen_bit_and_non_square_images_are_resized(tmp_path):

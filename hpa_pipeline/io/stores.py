@@ -23,27 +23,50 @@ from zarr.core.sync import sync
 
 from hpa_pipeline.errors import InputDataError
 
-# The numcodecs filter below is stored as "numcodecs.delta": zarr-python (>= 3.1.3 with numcodecs) reads it,
-# but it warns on every array it opens that other Zarr implementations might not; that is known and accepted.
+# The dense codec's numcodecs filter is stored as "numcodecs.delta": zarr-python (>= 3.1.3 with numcodecs) reads
+# it, but warns on every array it opens that other Zarr implementations might not; that is known and accepted.
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3 specification")
 
-#: Images (uint8): a horizontal delta (PNG's "sub" predictor) before Zstandard level 1, lossless.
-#: Measured on the 7 real Kaggle fields (benchmarks/bench_stores.py, docs/scale.md; synthetic fields
-#: are noisier and only confirm the ranking), per image, the original's 4 PNGs vs this: 768 px 762 vs
-#: 768 KiB, 1536 px 2746 vs 2767 KiB (+1%), and 5% / 2% smaller than the original's own PNGs (its plain
-#: bilinear resize aliases). One random image read is ~2x faster than decoding the PNGs (768 px: 139
-#: vs 67 images/s per thread; 1536 px: 33 vs 17), writing 2x faster than encoding them. The previous
-#: Blosc lz4 1 + bit shuffle was 1.36x the PNGs, for reads 3-4x faster than now: the delta's decoding
-#: (a cumulative sum) costs ~5 ms per 768 px image, ~8 ms more per CAM sample in the loader
-#: (docs/scale.md has what a GPU needs). zstd 1 without the delta is 1.11x / 1.19x the PNGs and reads
-#: at the previous speed: set IMAGE_FILTERS = () where loader CPU is scarcer than disk.
-IMAGE_FILTERS = (Delta(dtype="u1"),)
-IMAGE_COMPRESSORS = (ZstdCodec(level=1),)
-#: Cell crops (uint8, 192 px): zstd 1 without the delta: 75 / 119 KiB per crop from 768 / 1536 px vs
-#: 96 / 150 for the original's blosc files and 102 / 145 with the previous lz4, read as fast as lz4
-#: (~1000 crops/s per thread). The delta would save 15% more but cut crop reads to ~600/s, and the
-#: cell models consume crops fast (an estimated 1500-2500/s per GPU).
-CROP_COMPRESSORS = (ZstdCodec(level=1),)
+#: The chunk codecs of the uint8 stores (images, crops), lossless, chosen per store by who reads it.
+#: Zarr records the codec in each array's metadata, so every store reads back whatever it was written
+#: with: a setting changes the bytes on disk, never the values. Figures: docs/scale.md.
+#:
+#: "fast", for the stores the training loaders read at random (one chunk per image or cell). Images:
+#: Blosc Zstandard 1 with bit shuffle in 1 MiB blocks: the bit planes of an 8-bit image compress
+#: apart (the high ones are nearly constant), and 1 MiB blocks instead of Blosc's default ~32-64 KiB
+#: give Zstandard the context it needs. Real fields: 1.08x (768 px) / 1.11x (1536 px) the original's
+#: PNGs; a CAM loader sample costs 0.97-1.11x the CPU it did with 0.2's lz4 (1.36x the PNGs), 0.3.0's
+#: delta 1.3-1.6x. Crops: Zstandard 1 inside Blosc, one block per crop: the same bytes as plain
+#: Zstandard 1 (0.8x lz4's), but the crop stage runs 15-25 % faster than with plain Zstandard at
+#: level 1 (0.3.0) or -3 (measured; Blosc releases the GIL, numcodecs' Zstd seemingly does not).
+#:
+#: "dense", for stores written once and read once: a horizontal delta (PNG's "sub" predictor) before
+#: Zstandard 1, as small as the PNGs (1.01x), but the delta's decoding, a cumulative sum, costs ~6 ms
+#: per 768 px image, about three times the fast codec's decoding: the cost that starves a GPU's loader.
+CODECS: dict[str, dict[str, dict[str, tuple]]] = {
+    "fast": {
+        "images": {"compressors": (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", blocksize=2**20),)},
+        "crops": {"compressors": (BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle", blocksize=2**20),)},
+    },
+    "dense": {
+        kind: {"filters": (Delta(dtype="u1"),), "compressors": (ZstdCodec(level=1),)} for kind in ("images", "crops")
+    },
+}
+#: Every images and crops store of the workflow is read at random by a training loader.
+DEFAULT_CODEC = "fast"
+
+
+def codec_options(codec: str, kind: str) -> dict[str, tuple]:
+    """The ``filters`` and ``compressors`` for zarr's ``create_array`` of a ``kind`` store under ``codec``.
+
+    Raises:
+        ValueError: an unknown codec name.
+    """
+    if codec not in CODECS:
+        raise ValueError(f"unknown store codec {codec!r} (expected one of {', '.join(CODECS)})")
+    return {"filters": (), **CODECS[codec][kind]}
+
+
 #: Label masks are uint16 with long runs: byte shuffle separates the (mostly zero) high bytes. Already
 #: 0.74x (768 px) and 0.90x (1536 px) the original's 8-bit mask PNGs and ~1% of the images' bytes;
 #: Blosc zstd clevel 3 would save 10-25% of that at a slower write, not worth a change (docs/scale.md).

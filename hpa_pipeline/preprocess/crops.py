@@ -18,8 +18,9 @@ from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.stores import (
     CHUNK_WRITE_CONFIG,
-    CROP_COMPRESSORS,
+    DEFAULT_CODEC,
     atomic_store,
+    codec_options,
     open_store,
     read_strings,
     write_strings,
@@ -80,12 +81,9 @@ def crop_cells_of_image(image: np.ndarray, labels: np.ndarray, instances: np.nda
         new_height = min(max(int(box_height * ratio), 1), crop_size)
         new_width = min(max(int(box_width * ratio), 1), crop_size)
         offset_y, offset_x = (crop_size - new_height) // 2, (crop_size - new_width) // 2
-        # cv2 resizes up to 4 channels at once when they are interleaved (H, W, C)
-        scaled = cv2.resize(
-            np.ascontiguousarray(cell_pixels.transpose(1, 2, 0)),
-            (new_width, new_height),
-            interpolation=cv2.INTER_LINEAR,
-        )
+        # cv2 resizes up to 4 channels at once when they are interleaved (H, W, C); cv2.merge
+        # interleaves them ~20x faster than a numpy transpose copy
+        scaled = cv2.resize(cv2.merge(list(cell_pixels)), (new_width, new_height), interpolation=cv2.INTER_LINEAR)
         crops[row, 1::2, offset_y : offset_y + new_height, offset_x : offset_x + new_width] = scaled.reshape(
             new_height, new_width, 4
         ).transpose(2, 0, 1)
@@ -93,13 +91,20 @@ def crop_cells_of_image(image: np.ndarray, labels: np.ndarray, instances: np.nda
 
 
 def crop_shard(
-    images_path: str | Path, masks_path: str | Path, cells_path: str | Path, crop_size: int, out_path: str | Path
+    images_path: str | Path,
+    masks_path: str | Path,
+    cells_path: str | Path,
+    crop_size: int,
+    out_path: str | Path,
+    codec: str = DEFAULT_CODEC,
 ) -> None:
     """Write the crops of every cell of a shard, in cell-table order.
 
     The store holds ``crops`` (n_cells, 8, C, C) uint8 (one Zarr chunk per cell, CELLS_PER_SHARD cells
-    per file), the cell index ``image_index`` and ``instance``, and per image ``ids`` and ``offsets``.
+    per file, encoded with ``codec``, a name in :data:`hpa_pipeline.io.stores.CODECS`), the cell index
+    ``image_index`` and ``instance``, and per image ``ids`` and ``offsets``.
     """
+    crop_codec = codec_options(codec, "crops")
     images = open_store(images_path, "images")
     masks = open_store(masks_path, "masks_resized")
     table = read_cell_table(cells_path)
@@ -121,17 +126,16 @@ def crop_shard(
             dtype="uint8",
             chunks=(1, 8, crop_size, crop_size),
             shards=(CELLS_PER_SHARD, 8, crop_size, crop_size),
-            compressors=CROP_COMPRESSORS,
+            **crop_codec,
             config=CHUNK_WRITE_CONFIG,
         )
         # whole shard files are written at once: a partial shard write would re-read and re-encode it
         pending: list[np.ndarray] = []
         pending_cells = 0
         written = 0
+        image_rows, mask_rows = images["images"], masks["masks"]  # opened once, not per image
         for row in progress(range(len(table.ids)), "crop", total=len(table.ids), unit="img"):
-            pending.append(
-                crop_cells_of_image(images["images"][row], masks["masks"][row], table.instances_of(row), crop_size)
-            )
+            pending.append(crop_cells_of_image(image_rows[row], mask_rows[row], table.instances_of(row), crop_size))
             pending_cells += len(pending[-1])
             while pending_cells >= CELLS_PER_SHARD or (row == len(table.ids) - 1 and pending_cells):
                 block = np.concatenate(pending)

@@ -16,9 +16,9 @@ import numpy as np
 from hpa_pipeline.io.channels import CHANNELS, read_rgby_planes
 from hpa_pipeline.io.stores import (
     CHUNK_WRITE_CONFIG,
-    IMAGE_COMPRESSORS,
-    IMAGE_FILTERS,
+    DEFAULT_CODEC,
     atomic_store,
+    codec_options,
     write_rows,
     write_strings,
     write_table,
@@ -150,6 +150,7 @@ def resize_shard(
     sizes: Sequence[int],
     out_paths: Sequence[str | Path],
     threads: int = 1,
+    codec: str = DEFAULT_CODEC,
 ) -> None:
     """Write one images store per size for a shard of images.
 
@@ -159,6 +160,7 @@ def resize_shard(
         sizes: target sides, e.g. (768, 1536).
         out_paths: one store path per size, same order as ``sizes``.
         threads: decode/resize threads.
+        codec: chunk codec of the images (a name in :data:`hpa_pipeline.io.stores.CODECS`).
 
     Each store holds ``images`` (n, 4, S, S) uint8 (one chunk per image, channels red, green, blue,
     yellow), ``ids``, ``source_shape`` (n, 2) = original (height, width) and ``source_bit_depth`` (n,)
@@ -166,6 +168,7 @@ def resize_shard(
     """
     if len(sizes) != len(out_paths):
         raise ValueError(f"got {len(sizes)} sizes but {len(out_paths)} output paths")
+    image_codec = codec_options(codec, "images")
     cv2.setNumThreads(1)  # parallelism comes from the image threads; nested pools only add overhead
     n_images = len(image_ids)
 
@@ -195,8 +198,7 @@ def resize_shard(
                     shape=(n_images, len(CHANNELS), size, size),
                     dtype="uint8",
                     chunks=(1, len(CHANNELS), size, size),
-                    filters=IMAGE_FILTERS,
-                    compressors=IMAGE_COMPRESSORS,
+                    **image_codec,
                     config=CHUNK_WRITE_CONFIG,
                 )
             )
