@@ -90,8 +90,9 @@ def test_2018_bad_inputs_name_the_file_and_row(tiny_dataset):
 
 
 def test_a_downloaded_v18_set_indexes_in_the_2018_task(tmp_path):
+    from v18_mirror import V18_LIST_NAME, write_v18_mirror
+
     from hpa_pipeline.data.download import download_images, read_v18_table, write_download_outputs
-    from hpa_pipeline.data.synth2018 import V18_LIST_NAME, write_v18_mirror
 
     ids = write_v18_mirror(tmp_path / "mirror", n_images=3, image_size=48)
     table = read_v18_table(tmp_path / "mirror" / V18_LIST_NAME)

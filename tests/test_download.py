@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import tifffile
 from PIL import Image
+from v18_mirror import V18_COLOURS
 
 from hpa_pipeline.cli import main
 from hpa_pipeline.data import download
@@ -29,7 +30,6 @@ from hpa_pipeline.data.download import (
     read_v18_table,
     write_download_outputs,
 )
-from hpa_pipeline.data.synth2018 import V18_COLOURS
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import CHANNELS, read_channel_raw, read_rgby_with_bit_depth
 from hpa_pipeline.labels import read_train_table, read_train_table_2018
@@ -590,7 +590,7 @@ def test_cli_downloads_the_v18_set_end_to_end(v18_server, tmp_path):
 
 
 def test_the_v18_mirror_downloads_completely_from_its_folder(tmp_path):
-    from hpa_pipeline.data.synth2018 import V18_LIST_NAME, write_v18_mirror
+    from v18_mirror import V18_LIST_NAME, write_v18_mirror
 
     ids = write_v18_mirror(tmp_path / "mirror", n_images=2, image_size=64)
     table = read_v18_table(tmp_path / "mirror" / V18_LIST_NAME)
