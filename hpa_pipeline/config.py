@@ -92,10 +92,10 @@ def job_settings(config: dict[str, Any]) -> dict[str, Any]:
         predict_batch_size}}, "train_device": ..., "segment_device": ...}``. A device changes at most the
         float rounding, and with ``auto`` (the default) it already depends on what the machine has free.
     """
-    downloads = {
-        name: {key: download_settings(config, name)[key] for key in DOWNLOAD_JOB_SETTINGS}
-        for name in downloaded_sets(config)
-    }
+    downloads = {}
+    for name in downloaded_sets(config):
+        settings = download_settings(config, name)
+        downloads[name] = {key: settings[key] for key in DOWNLOAD_JOB_SETTINGS}
     models = {}
     for name in config.get("models") or {}:
         settings = resolve_model(config, name)
