@@ -16,7 +16,7 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e ".[workflow,test]"
+	$(BIN)/pip install --quiet -e ".[workflow,bioimageio,test]"
 	touch $(INSTALLED)
 
 install: $(INSTALLED)

@@ -206,7 +206,18 @@ def test_new_user_path_from_the_demo_to_own_data(demo_run, tmp_path):
     folds = (workdir / "results/folds/train.csv").read_text()
     assert all(image_id in folds for image_id in train_ids) and len(folds.splitlines()) == 1 + len(train_ids)
     metrics = json.loads((workdir / "results/metrics.json").read_text())
-    assert set(metrics["models"]) == set(config["models"]) and 0 <= metrics["submission"]["map"] <= 1
+    assert set(metrics["models"]) == set(config["models"])
+    # the run's score of its submission is the competition metric of that file against the user's truth
+    from hpa_pipeline.kaggle.metric import evaluate_submission
+    from hpa_pipeline.submit.evaluation import read_truth_classes, read_truth_mask
+
+    classes = read_truth_classes(data / "truth", "test")
+    truth = {
+        image_id: (read_truth_mask(data / "truth", "test", image_id), classes.get(image_id, {}))
+        for image_id in test_ids
+    }
+    scored = evaluate_submission(workdir / "results/submission.csv", truth).map
+    assert metrics["submission"]["map"] == pytest.approx(scored, abs=1e-6)
     assert snakemake(workdir, "submission", "--configfile", "my.yaml", "-n").stdout.count("Nothing to be done") == 1
     # the demo's own data and results were not touched by the user's run
     assert (workdir / "resources/demo_data" / SYNTHETIC_MARKER).is_file()
