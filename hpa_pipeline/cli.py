@@ -797,6 +797,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ----------------------------------------------------------------------------------------- annotate
+
+
+def _annotate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", required=True, type=Path, help="a bundle folder or .zip (hpa-pipeline bundle)")
+    parser.add_argument(
+        "--input-dir", required=True, type=Path, help="folder of {ID}_{red,green,blue,yellow}.png|tif|jpg files"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="folder for the tables, OME-Zarr images, overviews")
+    parser.add_argument(
+        "--images-per-shard", type=int, default=16, help="images segmented and predicted together (memory)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch and OpenCV")
+    parser.add_argument(
+        "--segment-weights", type=Path, help="hpacellseg bundles: the folder holding the weight files it names"
+    )
+
+
+@subcommand(
+    "annotate",
+    "annotate a folder of new images with a bundle: per-cell tables, OME-Zarr, overviews",
+    _annotate_arguments,
+)
+def _annotate(args: argparse.Namespace) -> None:
+    from hpa_pipeline.annotate.engine import annotate_folder
+    from hpa_pipeline.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle, extract_to=args.out / ".bundle" if args.bundle.suffix == ".zip" else None)
+    annotate_folder(
+        bundle,
+        args.input_dir,
+        args.out,
+        images_per_shard=args.images_per_shard,
+        device=args.device,
+        threads=args.threads,
+        segment_weights_dir=args.segment_weights,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; a user error prints one clear line and exits with status 1."""
     args = build_parser().parse_args(argv)

@@ -85,25 +85,9 @@ def predict_split(
         fold: the held-out fold, or None for the test set.
     """
     configure_threads(threads)
-    if settings.image_level:
-        cells = _no_cells(data.index_paths)
-    else:
-        cells = read_cell_table(data.cells_paths).identity()
-    if fold is not None:
-        images = read_labelled_images(data.index_paths, data.folds_paths, settings.n_classes)
-        if images.image_keys() != cells.image_keys():
-            raise InputDataError("the cell tables do not list the training images in index order (rebuild them)")
-        rows = np.flatnonzero(images.folds == fold)
-    else:
-        rows = np.arange(len(cells.ids))
     with claim_device(device) as claim:
         model = load_trained_model(checkpoint, settings, claim.torch_device)
-        arrays = data.open_arrays(settings.kind, settings.task)
-        predictions = predict_rows(
-            model, settings, rows, cells, settings.tta, desc="predict", random_crops=True, **arrays
-        )
-        predicted_views = predictions.image_probs.shape[2]
-        predictions = combine_views(predictions, settings.tta_combine)
+        predictions, predicted_views = predict_model(model, settings, data, fold)
     random_crops = settings.image_level and bool(settings.tta_crops)
     write_predictions(
         out_path,
@@ -120,6 +104,32 @@ def predict_split(
         },
     )
     log.info("%d images, %d cells -> %s", len(predictions.ids), predictions.n_cells, out_path)
+
+
+def predict_model(
+    model: torch.nn.Module, settings: ModelSettings, data: ModelData, fold: int | None = None
+) -> tuple[PredictionSet, int]:
+    """A loaded model's predictions of its held-out fold (``fold`` given) or of every image of ``data``,
+    its TTA views combined as ``settings.tta_combine`` says.
+
+    Returns:
+        The predictions and the number of views that were predicted per image.
+    """
+    if settings.image_level:
+        cells = _no_cells(data.index_paths)
+    else:
+        cells = read_cell_table(data.cells_paths).identity()
+    if fold is not None:
+        images = read_labelled_images(data.index_paths, data.folds_paths, settings.n_classes)
+        if images.image_keys() != cells.image_keys():
+            raise InputDataError("the cell tables do not list the training images in index order (rebuild them)")
+        rows = np.flatnonzero(images.folds == fold)
+    else:
+        rows = np.arange(len(cells.ids))
+    arrays = data.open_arrays(settings.kind, settings.task)
+    predictions = predict_rows(model, settings, rows, cells, settings.tta, desc="predict", random_crops=True, **arrays)
+    predicted_views = predictions.image_probs.shape[2]
+    return combine_views(predictions, settings.tta_combine), predicted_views
 
 
 def _no_cells(index_paths: Sequence[Path]) -> CellTable:

@@ -1,6 +1,6 @@
 import pytest
 
-from hpa_pipeline.data.index import build_index, check_disjoint
+from hpa_pipeline.data.index import build_index, check_disjoint, index_image_folder
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.index import read_index, shard_ids, write_index
 
@@ -103,3 +103,27 @@ def test_a_downloaded_v18_set_indexes_in_the_2018_task(tmp_path):
     assert index["ID"].tolist() == ids
     assert index["Label"].tolist() == table["Label"].tolist()
     assert index["dataset"].tolist() == ["hpav18"] * 3 and index["shard"].tolist() == [0, 0, 1]
+
+
+def test_a_folder_without_a_table_is_indexed_in_id_order(tiny_dataset):
+    folder = tiny_dataset / "train"
+    (folder / "notes.txt").write_text("not an image")
+    index = index_image_folder(folder, images_per_shard=2)
+    assert index["ID"].tolist() == [f"img{i}" for i in range(5)]
+    assert index["shard"].tolist() == [0, 0, 1, 1, 2]
+    assert set(index["dataset"]) == {"test"} and set(index["Label"]) == {""}
+
+
+def test_a_folder_image_without_a_channel_is_named(tiny_dataset):
+    folder = tiny_dataset / "train"
+    (folder / "img3_yellow.png").unlink()
+    with pytest.raises(InputDataError, match=f"missing channel file\\(s\\) in {folder}: {folder / 'img3_yellow.png'}$"):
+        index_image_folder(folder, images_per_shard=4)
+
+
+def test_an_empty_folder_says_what_files_it_expects(tmp_path):
+    (tmp_path / "new").mkdir()
+    with pytest.raises(
+        InputDataError, match=r"no images in .*new: expected files named \{ID\}_\{red,green,blue,yellow\}"
+    ):
+        index_image_folder(tmp_path / "new", images_per_shard=4)

@@ -88,3 +88,41 @@ def check_disjoint(index: pd.DataFrame, table_path: str | Path, other_paths: Seq
                 f"{table_path} lists image ID(s) {shown} that dataset {other['dataset'].iloc[0]} "
                 f"({other_path}) has too; IDs must be unique across datasets"
             )
+
+
+def index_image_folder(image_dir: str | Path, images_per_shard: int, dataset: str = "test") -> pd.DataFrame:
+    """List the images of a folder without a table (``{ID}_{red,green,blue,yellow}.png|tif|tiff|jpg``), IDs
+    sorted, ``images_per_shard`` consecutive images per shard.
+
+    Raises:
+        InputDataError: the folder is missing or holds no channel file, or an image lacks a channel (every
+            missing file is named).
+    """
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise InputDataError(f"missing image folder {image_dir}")
+    if images_per_shard < 1:
+        raise InputDataError(f"images per shard must be at least 1, got {images_per_shard}")
+    channels_of: dict[str, set[str]] = {}
+    for name in os.listdir(image_dir):
+        stem, suffix = os.path.splitext(name)
+        image_id, _, channel = stem.rpartition("_")
+        if suffix.lower() in IMAGE_SUFFIXES and image_id and channel in CHANNELS:
+            channels_of.setdefault(image_id, set()).add(channel)
+    if not channels_of:
+        raise InputDataError(
+            f"no images in {image_dir}: expected files named {{ID}}_{{{','.join(CHANNELS)}}}.png (or .tif, .jpg)"
+        )
+    missing = [
+        f"{image_dir / f'{image_id}_{channel}.png'}"
+        for image_id in sorted(channels_of)
+        for channel in CHANNELS
+        if channel not in channels_of[image_id]
+    ]
+    if missing:
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise InputDataError(f"missing channel file(s) in {image_dir}: {', '.join(missing[:10])}{more}")
+    ids = sorted(channels_of)
+    return pd.DataFrame(
+        {"ID": ids, "shard": [row // images_per_shard for row in range(len(ids))], "Label": "", "dataset": dataset}
+    )

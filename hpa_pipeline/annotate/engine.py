@@ -1,0 +1,301 @@
+"""A bundle applied to a folder of new images (``hpa-pipeline annotate``): the workflow's test-set path
+(resize -> segment -> masks -> crops -> predict every member and fold with the bundle's TTA ->
+average -> area scaling) run shard by shard with the stages' own functions, never training.
+
+Each shard's stores live in ``OUT/.work/shard-K`` only while the shard is annotated, so disk and
+memory stay flat in the number of images. A killed run resumes: the writer keeps every finished
+image, and a shard whose images are all finished is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpa_pipeline import __version__
+from hpa_pipeline.annotate.outputs import AnnotationWriter, ImageAnnotation
+from hpa_pipeline.bundle import Bundle, load_member_model
+from hpa_pipeline.data.index import index_image_folder
+from hpa_pipeline.io.cells import read_cell_table
+from hpa_pipeline.io.channels import CHANNELS, channel_path, read_channel_raw
+from hpa_pipeline.io.index import shard_ids, write_index
+from hpa_pipeline.io.masks import read_labels
+from hpa_pipeline.io.predictions import PredictionSet, align_to_cells, average_predictions, select_images
+from hpa_pipeline.io.stores import open_store
+from hpa_pipeline.nets.devices import claim_device, configure_threads
+from hpa_pipeline.predict import predict_model
+from hpa_pipeline.preprocess.crops import crop_shard
+from hpa_pipeline.preprocess.masks import resize_masks_shard, segment_shard
+from hpa_pipeline.preprocess.resize import resize_shard
+from hpa_pipeline.preprocess.segment import create_producer
+from hpa_pipeline.progress import progress
+from hpa_pipeline.settings import ModelData, model_stores
+from hpa_pipeline.submit.submission import area_scale
+
+log = logging.getLogger(__name__)
+
+#: The dataset name the annotated images carry in the stores (the workflow's test-set path).
+DATASET = "test"
+
+
+@dataclass(frozen=True)
+class _ShardStores:
+    """The stores of one shard under its work folder."""
+
+    root: Path
+
+    def index(self) -> Path:
+        return self.root / "index.csv"
+
+    def images(self, size: int) -> Path:
+        return self.root / f"images_{size}.zarr"
+
+    def masks(self) -> Path:
+        return self.root / "masks.zarr"
+
+    def resized_masks(self, size: int) -> Path:
+        return self.root / f"masks_{size}.zarr"
+
+    def cells(self) -> Path:
+        return self.root / "cells.zarr"
+
+    def crops(self, size: int) -> Path:
+        return self.root / f"crops_{size}.zarr"
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """The sizes each kind of store is needed at by the bundle's members (and its segmentation input)."""
+
+    images: tuple[int, ...]
+    masks: tuple[int, ...]
+    crops: tuple[int, ...]
+
+
+def _needed_sizes(bundle: Bundle) -> _Sizes:
+    needs: dict[str, set[int]] = {"images": set(), "masks": set(), "crops": set()}
+    for member in bundle.members:
+        for store in model_stores(member.settings.kind, bundle.task):
+            needs[store].add(member.settings.image_size)
+    images = needs["images"] | needs["crops"]
+    if bundle.task != "hpa2018-images" and bundle.segment["source"] != "original":
+        images.add(int(bundle.segment["source"]))
+    return _Sizes(tuple(sorted(images)), tuple(sorted(needs["masks"] | needs["crops"])), tuple(sorted(needs["crops"])))
+
+
+def run_key(bundle: Bundle, images_per_shard: int) -> str:
+    """What the annotations depend on: the bundle's manifest and the shard size (prediction batches span
+    a shard, and CPU reductions depend on the batch)."""
+    text = json.dumps({"manifest": bundle.manifest, "images_per_shard": images_per_shard}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def annotate_folder(
+    bundle: Bundle,
+    input_dir: Path,
+    out_dir: Path,
+    *,
+    images_per_shard: int = 16,
+    device: str = "auto",
+    threads: int = 1,
+    segment_weights_dir: Path | None = None,
+) -> int:
+    """Annotate every image of ``input_dir`` with ``bundle`` into ``out_dir``.
+
+    Args:
+        bundle: a verified bundle (:func:`hpa_pipeline.bundle.load_bundle`).
+        input_dir: ``{ID}_{red,green,blue,yellow}.png|tif|jpg`` files, 8- or 16-bit, any size.
+        out_dir: where the tables, OME-Zarr images and overviews go.
+        images_per_shard: images segmented and predicted together (memory grows with it, not with the
+            number of images).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for the models (and the hpacellseg segmenter).
+        threads: CPU threads of torch and OpenCV.
+        segment_weights_dir: folder holding the hpacellseg weight files the bundle names (hpacellseg
+            bundles only; their sha256 is checked).
+
+    Returns:
+        The number of images annotated in this call (finished images of a killed run are kept).
+    """
+    index = index_image_folder(input_dir, images_per_shard, DATASET)
+    sizes = _needed_sizes(bundle)
+    work = out_dir / ".work"
+    provenance = {
+        "hpa_pipeline_version": __version__,
+        "bundle": str(bundle.root),
+        "bundle_version": bundle.version,
+        "input_dir": str(Path(input_dir).resolve()),
+        "images_per_shard": images_per_shard,
+    }
+    configure_threads(threads)
+    annotated = 0
+    writer = AnnotationWriter(
+        out_dir,
+        task=bundle.task,
+        class_names=bundle.class_names,
+        class_thresholds=bundle.class_thresholds,
+        run_key=run_key(bundle, images_per_shard),
+        provenance=provenance,
+    )
+    with writer:
+        shards = sorted(set(index["shard"]))
+        for shard in progress(shards, "annotate", total=len(shards), unit="shard"):
+            ids = shard_ids(index, shard)
+            if all(writer.done(image_id) for image_id in ids):
+                continue
+            stores = _ShardStores(work / f"shard-{shard}")
+            shutil.rmtree(stores.root, ignore_errors=True)  # a killed run's half-built shard
+            stores.root.mkdir(parents=True)
+            write_index(stores.index(), index[index["shard"] == shard].assign(shard=0))
+            _preprocess(bundle, input_dir, ids, stores, sizes, device, threads, segment_weights_dir)
+            average = _predict(bundle, stores, device)
+            for image in _annotations(bundle, input_dir, ids, stores, average):
+                writer.add(image)
+                annotated += 1
+            shutil.rmtree(stores.root)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("%d images annotated (%d already done) -> %s", annotated, len(index) - annotated, out_dir)
+    return annotated
+
+
+def _producer(bundle: Bundle, device: str, threads: int, weights_dir: Path | None):
+    backend = bundle.segment["backend"]
+    if backend != "hpacellseg":
+        return create_producer(backend, device="cpu", threads=threads)
+    from hpa_pipeline.errors import ConfigError
+
+    if weights_dir is None:
+        raise ConfigError(
+            "this bundle segments with hpacellseg: name the folder of its weight files with --segment-weights "
+            f"({bundle.segment['nuclei_model']}, {bundle.segment['cell_model']})"
+        )
+    weights = {
+        "nuclei_model": Path(weights_dir) / bundle.segment["nuclei_model"],
+        "nuclei_model_sha256": bundle.segment["nuclei_model_sha256"],
+        "cell_model": Path(weights_dir) / bundle.segment["cell_model"],
+        "cell_model_sha256": bundle.segment["cell_model_sha256"],
+    }
+    return create_producer(backend, device=device, hpacellseg=weights, threads=threads)
+
+
+def _preprocess(
+    bundle: Bundle,
+    input_dir: Path,
+    ids: Sequence[str],
+    stores: _ShardStores,
+    sizes: _Sizes,
+    device: str,
+    threads: int,
+    weights_dir: Path | None,
+) -> None:
+    """The shard's images at every needed size, and (task hpa2021-cells) its masks, cell table and crops."""
+    resize_shard(input_dir, ids, sizes.images, [stores.images(size) for size in sizes.images], threads=threads)
+    if bundle.task == "hpa2018-images":
+        return
+    source = bundle.segment["source"]
+    prefer = "cpu" if bundle.segment["backend"] == "classical" else device
+    with claim_device(prefer) as claim:
+        producer = _producer(bundle, claim.device, threads, weights_dir)
+        segment_shard(
+            ids,
+            stores.masks(),
+            producer,
+            float(bundle.segment["scale_factor"]),
+            image_dir=input_dir if source == "original" else None,
+            images_store=None if source == "original" else stores.images(int(source)),
+        )
+    resize_masks_shard(
+        stores.masks(), sizes.masks, [stores.resized_masks(size) for size in sizes.masks], stores.cells(), DATASET
+    )
+    for size in sizes.crops:
+        crop_shard(
+            stores.images(size), stores.resized_masks(size), stores.cells(), bundle.crop_size, stores.crops(size)
+        )
+
+
+def _member_data(bundle: Bundle, stores: _ShardStores, kind: str, size: int) -> ModelData:
+    data = ModelData(index_paths=[stores.index()], folds_paths=[], cells_paths=[])
+    if bundle.task != "hpa2018-images":
+        data.cells_paths = [stores.cells()]
+    wanted = model_stores(kind, bundle.task)
+    if "images" in wanted:
+        data.images_paths = [stores.images(size)]
+    if "masks" in wanted:
+        data.masks_paths = [stores.resized_masks(size)]
+    if "crops" in wanted:
+        data.crops_paths = [stores.crops(size)]
+    return data
+
+
+def _predict(bundle: Bundle, stores: _ShardStores, device: str) -> PredictionSet:
+    """The equal-weight average of every member and fold, as the submission averages them."""
+    predictions, sources = [], []
+    with claim_device(device) as claim:
+        for member in bundle.members:
+            data = _member_data(bundle, stores, member.settings.kind, member.settings.image_size)
+            for fold in range(len(member.weights)):
+                model = load_member_model(member, fold, claim.torch_device)
+                predictions.append(predict_model(model, member.settings, data)[0])
+                sources.append(f"{member.name} fold {fold}")
+    return average_predictions(predictions, sources)
+
+
+def _original_channels(input_dir: Path, image_id: str) -> np.ndarray:
+    """(4, H, W) at the files' own bit depth (uint16 when any channel is 16-bit)."""
+    planes = [read_channel_raw(channel_path(input_dir, image_id, channel)) for channel in CHANNELS]
+    dtype = np.uint16 if any(plane.dtype == np.uint16 for plane in planes) else np.uint8
+    return np.stack([plane.astype(dtype) for plane in planes])
+
+
+def _annotations(
+    bundle: Bundle, input_dir: Path, ids: Sequence[str], stores: _ShardStores, average: PredictionSet
+) -> list[ImageAnnotation]:
+    n_classes = len(bundle.class_names)
+    image_probs = select_images(average, [(DATASET, image_id) for image_id in ids], "averaged predictions")
+    image_probs = image_probs.image_probs[:, :, 0]
+    if bundle.task == "hpa2018-images":
+        empty = np.zeros(0)
+        return [
+            ImageAnnotation(
+                image_id=image_id,
+                channels=_original_channels(input_dir, image_id),
+                labels=None,
+                instance=empty.astype(np.int32),
+                bbox=np.zeros((0, 4), np.int32),
+                area=empty.astype(np.int64),
+                touches_edge=empty.astype(bool),
+                probabilities=np.zeros((0, n_classes), np.float32),
+                area_factor=empty.astype(np.float64),
+                image_probabilities=image_probs[row],
+            )
+            for row, image_id in enumerate(ids)
+        ]
+    table = read_cell_table(stores.cells())
+    cells = align_to_cells(average, table, f"averaged predictions vs {stores.cells()}")
+    factor = area_scale(table.area, table.touches_edge, bundle.edge_area_threshold, bundle.center_area_threshold)
+    masks = open_store(stores.masks(), "masks")
+    annotations = []
+    for row, image_id in enumerate(table.ids):
+        height, width = (int(v) for v in table.source_shape[row])
+        rows = slice(table.offsets[row], table.offsets[row + 1])
+        annotations.append(
+            ImageAnnotation(
+                image_id=image_id,
+                channels=_original_channels(input_dir, image_id),
+                labels=read_labels(masks, row, (height, width)),
+                instance=table.instance[rows],
+                bbox=table.bbox[rows],
+                area=table.area[rows],
+                touches_edge=table.touches_edge[rows],
+                probabilities=cells.probs[rows, :, 0],
+                area_factor=factor[rows],
+                image_probabilities=image_probs[row],
+            )
+        )
+    return annotations
