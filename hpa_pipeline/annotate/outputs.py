@@ -625,9 +625,11 @@ def _composite(channels: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _outlines(labels: np.ndarray) -> np.ndarray:
-    """Pixels of a cell next to another value (inner boundary, one pixel wide)."""
-    low = ndimage.grey_erosion(labels, size=3, mode="nearest")
-    high = ndimage.grey_dilation(labels, size=3, mode="nearest")
+    """Pixels of a cell next to another value: its inner boundary, one pixel wide plus one per 512 px
+    of the overview's longest side, so that outlines stay visible on a full-size overview."""
+    size = 2 * (1 + max(labels.shape) // 512) + 1
+    low = ndimage.grey_erosion(labels, size=size, mode="nearest")
+    high = ndimage.grey_dilation(labels, size=size, mode="nearest")
     return (labels > 0) & ((low != labels) | (high != labels))
 
 
