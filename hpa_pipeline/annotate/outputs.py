@@ -338,7 +338,7 @@ class AnnotationWriter:
     def _write_h5ad(self, cells: pd.DataFrame) -> None:
         import anndata
 
-        meta = [*_CELL_COLUMNS, "area_factor", "top_class", "top_probability", "labels"]
+        meta = [*_CELL_COLUMNS, *_CELL_TAIL]
         names = [f"{image_id}_{cell}" for image_id, cell in zip(cells["image_id"], cells["cell"], strict=True)]
         target = self.out_dir / "cells.h5ad"
         partial = target.with_name(f".{target.name}.partial")
