@@ -184,15 +184,32 @@ def test_torchscript_weights_follow_their_input(package: Path, run_dir: Path, tm
     np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-5)
 
 
-def test_a_folder_package_of_a_cam_model(run_dir: Path, tmp_path: Path, offline_cache: None):
-    out = export_bioimageio("cam2018", tmp_path / "cam2018", run_dir=run_dir)
-    assert out == tmp_path / "cam2018"
+def test_a_folder_package_of_a_cam_model_replaces_an_older_package(run_dir: Path, tmp_path: Path, offline_cache: None):
+    older = tmp_path / "cam2018"
+    older.mkdir()
+    (older / "rdf.yaml").write_text("type: model\n")
+    (older / "weights_of_an_older_export.pt").write_bytes(b"")
+    (tmp_path / ".cam2018.partial").mkdir()  # left by a killed export
+    out = export_bioimageio("cam2018", older, run_dir=run_dir)
+    assert out == older
+    assert sorted(path.name for path in out.iterdir()) == [
+        "README.md",
+        "cover.png",
+        "environment.yaml",
+        "rdf.yaml",
+        "sample_input.tif",
+        "sample_output.tif",
+        "test_input.npy",
+        "test_output.npy",
+        "weights.pt",
+        "weights_torchscript.pt",
+    ]
+    assert [path.name for path in tmp_path.iterdir()] == ["cam2018"]  # no partial or replaced package left
     description = bioimageio_spec.load_description(out / "rdf.yaml", perform_io_checks=True)
     assert description.validation_summary.status == "valid-format"
     np.testing.assert_allclose(
         np.load(out / "test_output.npy"), _workflow_probabilities(run_dir, "cam2018", [0]), rtol=0, atol=1e-5
     )
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["cam2018"]  # no partial package left
 
 
 @pytest.mark.parametrize(
