@@ -861,6 +861,50 @@ def _bundle(args: argparse.Namespace) -> None:
     log.info("bundle -> %s%s", args.out, f" and {args.zip}" if args.zip else "")
 
 
+# ---------------------------------------------------------------------------------------------- zoo
+
+
+def _export_bioimageio_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", help="the model's name (results/models/MODEL of the run); an image model of task hpa2018-images"
+    )
+    parser.add_argument(
+        "--run-dir", type=Path, default=Path("."), help="the workflow's folder, holding results/ (default: .)"
+    )
+    parser.add_argument("--fold", type=int, default=0, help="the fold whose final.pt is exported (default: 0)")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="images store whose first image is the package's test input "
+        "(default: RUN_DIR/results/test/images_{S}/shard-0.zarr, S the model's image_size)",
+    )
+    parser.add_argument(
+        "--author",
+        action="append",
+        default=[],
+        help="an author of the package (repeat for several; default: hpa-pipeline)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="the package: a .zip (the zoo's upload format), or any other name for a folder",
+    )
+
+
+@subcommand(
+    "export-bioimageio",
+    "write a trained 2018-task image model as a BioImage Model Zoo package (validated and test-run)",
+    _export_bioimageio_arguments,
+)
+def _export_bioimageio(args: argparse.Namespace) -> None:
+    from hpa_pipeline.zoo.bioimageio import export_bioimageio
+
+    export_bioimageio(
+        args.model, args.out, run_dir=args.run_dir, fold=args.fold, images=args.images, authors=args.author or None
+    )
+
+
 # ------------------------------------------------------------------------------------------- main
 
 

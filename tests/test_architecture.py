@@ -27,6 +27,7 @@ SHARED = {
     "io": {"errors", "labels", "progress", "io"},
     "nets": {"errors", "labels", "progress", "settings", "io", "nets"},
     "kaggle": {"errors", "labels", "io", "kaggle"},
+    "zoo": {"errors", "labels", "settings", "io", "nets", "zoo"},
 }
 #: What every stage may use besides its own room.
 STAGE_MAY_IMPORT = set(SHARED)
