@@ -26,6 +26,7 @@ include: "rules/predict.smk"
 include: "rules/ensemble.smk"
 include: "rules/submit.smk"
 include: "rules/report.smk"
+include: "rules/bundle.smk"
 
 
 rule preprocess:
@@ -42,3 +43,10 @@ rule submission:
     input:
         submission_outputs(),
     default_target: True
+
+
+# Not part of submission: the trained run as one portable bundle for annotating new images (docs/bundle.md).
+rule bundle:
+    input:
+        BUNDLE_DIR,
+        BUNDLE_ZIP,

@@ -779,6 +779,132 @@ def _plot_segmentation(args: argparse.Namespace) -> None:
     plot_segmentation(args.images, args.masks, args.out)
 
 
+# ------------------------------------------------------------------------------------------- bundle
+
+
+def _bundle_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "The workflow runs it as `snakemake bundle`. By hand on the finished demo: hpa-pipeline bundle "
+        "--checkpoints results/models/{cam_effnet_stage3,cam_effnet_cos_stage3,cell_resnet_192_stage3,"
+        "cell_resnet_384_cos_stage3}/fold{0,1}/final.pt --thresholds results/thresholds.csv "
+        "--train-index results/train/index.csv results/pubhpa/index.csv --image-sizes 192 384 "
+        "--crop-image-sizes 192 384 --crop-size 48 --segment-backend classical --segment-source original "
+        "--segment-scale-factor 0.25 --edge-area-threshold 5000 --center-area-threshold 2000 "
+        "--out results/bundle --zip results/bundle.zip (docs/bundle.md)"
+    )
+    parser.add_argument(
+        "--checkpoints",
+        required=True,
+        type=Path,
+        nargs="+",
+        help="final.pt of every fold of every submission member (results/models/MODEL/foldK/final.pt); the "
+        "members are their models in order of first appearance, each with all its folds",
+    )
+    parser.add_argument(
+        "--thresholds", required=True, type=Path, help="the per-class thresholds (results/thresholds.csv)"
+    )
+    parser.add_argument(
+        "--train-index",
+        required=True,
+        type=Path,
+        nargs="+",
+        help="index.csv of each training dataset in config order (results/DATASET/index.csv): provenance digest",
+    )
+    parser.add_argument("--image-sizes", required=True, type=int, nargs="+", help="preprocess.image_sizes")
+    cells = parser.add_argument_group("task hpa2021-cells only (the run's config keys)")
+    cells.add_argument("--crop-image-sizes", type=int, nargs="+", default=[], help="preprocess.crop_image_sizes")
+    cells.add_argument("--crop-size", type=int, help="preprocess.crop_size")
+    cells.add_argument("--segment-backend", choices=("classical", "hpacellseg"), help="segment.backend")
+    cells.add_argument("--segment-source", help="segment.inputs.test.source: original or an image size")
+    cells.add_argument("--segment-scale-factor", type=float, help="segment.inputs.test.scale_factor")
+    cells.add_argument("--nuclei-model", help="hpacellseg: its nuclei weight file (the bundle keeps the name)")
+    cells.add_argument("--nuclei-model-sha256", help="hpacellseg: that file's sha256")
+    cells.add_argument("--cell-model", help="hpacellseg: its cell weight file (the bundle keeps the name)")
+    cells.add_argument("--cell-model-sha256", help="hpacellseg: that file's sha256")
+    cells.add_argument("--edge-area-threshold", type=float, help="submission.edge_area_threshold")
+    cells.add_argument("--center-area-threshold", type=float, help="submission.center_area_threshold")
+    parser.add_argument("--out", required=True, type=Path, help="the bundle folder to write (replaced whole)")
+    parser.add_argument("--zip", type=Path, help="also write the bundle as this zip (same bytes for the same inputs)")
+
+
+@subcommand(
+    "bundle",
+    "write a trained run as one portable, verifiable bundle: manifest.yaml and safetensors weights (and a zip)",
+    _bundle_arguments,
+)
+def _bundle(args: argparse.Namespace) -> None:
+    from hpa_pipeline.bundle import write_bundle
+
+    segment = None
+    if args.segment_backend is not None:
+        segment = {
+            "backend": args.segment_backend,
+            "source": args.segment_source,
+            "scale_factor": args.segment_scale_factor,
+        }
+        if args.segment_backend == "hpacellseg":
+            for key in ("nuclei_model", "nuclei_model_sha256", "cell_model", "cell_model_sha256"):
+                segment[key] = getattr(args, key)
+    write_bundle(
+        args.out,
+        args.checkpoints,
+        args.thresholds,
+        args.train_index,
+        args.image_sizes,
+        crop_image_sizes=args.crop_image_sizes,
+        crop_size=args.crop_size,
+        segment=segment,
+        edge_area_threshold=args.edge_area_threshold,
+        center_area_threshold=args.center_area_threshold,
+        zip_path=args.zip,
+    )
+    log.info("bundle -> %s%s", args.out, f" and {args.zip}" if args.zip else "")
+
+
+# ---------------------------------------------------------------------------------------------- zoo
+
+
+def _export_bioimageio_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", help="the model's name (results/models/MODEL of the run); an image model of task hpa2018-images"
+    )
+    parser.add_argument(
+        "--run-dir", type=Path, default=Path("."), help="the workflow's folder, holding results/ (default: .)"
+    )
+    parser.add_argument("--fold", type=int, default=0, help="the fold whose final.pt is exported (default: 0)")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="images store whose first image is the package's test input "
+        "(default: RUN_DIR/results/test/images_{S}/shard-0.zarr, S the model's image_size)",
+    )
+    parser.add_argument(
+        "--author",
+        action="append",
+        default=[],
+        help="an author of the package (repeat for several; default: hpa-pipeline)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="the package: a .zip (the zoo's upload format), or any other name for a folder",
+    )
+
+
+@subcommand(
+    "export-bioimageio",
+    "write a trained 2018-task image model as a BioImage Model Zoo package (validated and test-run)",
+    _export_bioimageio_arguments,
+)
+def _export_bioimageio(args: argparse.Namespace) -> None:
+    from hpa_pipeline.zoo.bioimageio import export_bioimageio
+
+    export_bioimageio(
+        args.model, args.out, run_dir=args.run_dir, fold=args.fold, images=args.images, authors=args.author or None
+    )
+
+
 # ------------------------------------------------------------------------------------------- main
 
 

@@ -369,3 +369,28 @@ def evaluation_options(wildcards, input):
     options = [f"--model {name} {model_stage(config, name)} {oof_store(name)}" for name in MODELS]
     options += [f"--ensemble {name} {ensemble_stage(config, name)} {ensemble_store(name)}" for name in ENSEMBLES]
     return " ".join(options)
+
+
+# ---------------------------------------------------------------------------------------------- bundle
+BUNDLE_DIR = "results/bundle"
+BUNDLE_ZIP = "results/bundle.zip"
+
+
+def submission_checkpoints():
+    """final.pt of every fold of every submission member, members in config order."""
+    return [model_file(model, fold, "final.pt") for model in SUBMISSION["members"] for fold in FOLDS]
+
+
+def bundle_options():
+    """What a bundle records of the config: the sizes and, in the per-cell task, the crops, the test set's
+    segmentation (hpacellseg weights by name and sha256) and the area thresholds. No job settings."""
+    options = ["--image-sizes", *map(str, IMAGE_SIZES)]
+    if IMAGE_TASK:
+        return " ".join(options)
+    test = segment_settings("test")
+    options += ["--crop-image-sizes", *map(str, CROP_IMAGE_SIZES), "--crop-size", str(config["preprocess"]["crop_size"])]
+    options += ["--segment-backend", SEGMENT_BACKEND, "--segment-source", str(test["source"])]
+    options += ["--segment-scale-factor", str(test["scale_factor"]), hpacellseg_options()]
+    options += ["--edge-area-threshold", str(SUBMISSION["edge_area_threshold"])]
+    options += ["--center-area-threshold", str(SUBMISSION["center_area_threshold"])]
+    return " ".join(option for option in options if option)

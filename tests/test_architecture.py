@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "hpa_pipeline"
 
 #: One room per rule file (rules/common.smk pairs with config.py).
-STAGES = {"data", "preprocess", "train", "predict", "ensemble", "submit", "report"}
+STAGES = {"data", "preprocess", "train", "predict", "ensemble", "submit", "report", "bundle"}
 #: Shared rooms and the rooms each may import (itself included where it has several modules).
 SHARED = {
     "errors": set(),
@@ -27,6 +27,7 @@ SHARED = {
     "io": {"errors", "labels", "progress", "io"},
     "nets": {"errors", "labels", "progress", "settings", "io", "nets"},
     "kaggle": {"errors", "labels", "io", "kaggle"},
+    "zoo": {"errors", "labels", "settings", "io", "nets", "zoo"},
 }
 #: What every stage may use besides its own room.
 STAGE_MAY_IMPORT = set(SHARED)
