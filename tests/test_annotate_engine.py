@@ -1,7 +1,9 @@
 """``hpa-pipeline annotate``: a bundle applied to a folder of new images.
 
-The fidelity test annotates the finished demo's own test images with the demo's bundle, moved away from
-the run, and finds the run's cells and the run's averaged per-cell test probabilities, bit for bit.
+The fast tests annotate small blob images with a bundle of random-weight models (a CAM and a cell model,
+two folds each); the fidelity test annotates the finished demo's own test images with the demo's bundle,
+moved away from the run, and finds the run's cells and the run's averaged per-cell test probabilities,
+bit for bit.
 """
 
 from __future__ import annotations
@@ -15,13 +17,138 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import yaml
+from conftest import blob_image, write_rgby
 from workflow_helpers import snakemake
 
+from hpa_pipeline.annotate.engine import annotate_folder
+from hpa_pipeline.bundle import load_bundle, write_bundle
+from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.cells import read_cell_table
+from hpa_pipeline.io.index import write_index
 from hpa_pipeline.io.predictions import align_to_cells, average_predictions, read_predictions
 from hpa_pipeline.labels import CLASS_NAMES
+from hpa_pipeline.nets.models import create_model
+from hpa_pipeline.settings import ModelSettings
+from hpa_pipeline.submit.thresholds import write_thresholds
+from hpa_pipeline.train.checkpoints import write_outputs
 
 BIN = Path(sys.executable).parent
+COMMON = dict(epochs=1, batch_size=2, lr=1e-3, n_folds=2, seed=7, tta=2)
+MEMBERS = (
+    ModelSettings(name="cam", kind="image", backbone="test_resnet", image_size=64, crop_size=32, **COMMON),
+    ModelSettings(name="cell", kind="cell", backbone="test_efficientnet", image_size=64, **COMMON),
+)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """A bundle of random-weight members written from a run's own files (final.pt, thresholds, index)."""
+    run = tmp_path_factory.mktemp("run")
+    checkpoints = []
+    for settings in MEMBERS:
+        for fold in range(2):
+            torch.manual_seed(fold)
+            model = create_model(settings.kind, settings.backbone, num_classes=settings.n_classes)
+            out = run / f"results/models/{settings.name}/fold{fold}"
+            write_outputs(
+                out, model=model, settings=settings, fold=fold, metrics=[], device="cpu", threads=1, inputs=[]
+            )
+            checkpoints.append(out / "final.pt")
+    write_thresholds(run / "thresholds.csv", np.full(19, 0.5), CLASS_NAMES, np.full(19, np.nan), "f1")
+    write_index(run / "index.csv", pd.DataFrame({"ID": ["a"], "shard": 0, "Label": "0", "dataset": "train"}))
+    write_bundle(
+        run / "bundle", checkpoints, run / "thresholds.csv", [run / "index.csv"], [64],
+        crop_image_sizes=[64], crop_size=16,
+        segment={"backend": "classical", "source": "original", "scale_factor": 0.125},
+        edge_area_threshold=300, center_area_threshold=200,
+    )  # fmt: skip
+    return run / "bundle"
+
+
+@pytest.fixture
+def new_images(tmp_path: Path) -> Path:
+    """Five images of 2-3 round cells, one 16-bit, one not square."""
+    folder = tmp_path / "new"
+    for i in range(5):
+        height, width = (96, 128) if i == 3 else (96, 96)
+        image, _ = blob_image(height, width, [(30, 30), (60, 66), (28, 70)][: 2 + i % 2], radius=14, seed=i)
+        write_rgby(folder, f"img{i}", image.astype(np.uint16) * 257 if i == 1 else image)
+    return folder
+
+
+def cells_table(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "cells.parquet")
+
+
+def test_every_image_gets_its_cells_with_averaged_probabilities(bundle, new_images, tmp_path):
+    out = tmp_path / "out"
+    assert annotate_folder(load_bundle(bundle), new_images, out, images_per_shard=2) == 5
+    cells = cells_table(out)
+    images = pd.read_csv(out / "images.csv")
+    assert images["image_id"].tolist() == [f"img{i}" for i in range(5)]
+    assert images["n_cells"].tolist() == [2, 3, 2, 3, 2]
+    assert cells.groupby("image_id").size().tolist() == [2, 3, 2, 3, 2]
+    assert images.loc[3, ["height", "width"]].tolist() == [96, 128]
+    probabilities = cells[list(CLASS_NAMES)].to_numpy()
+    assert ((probabilities > 0) & (probabilities < 1)).all()
+    assert np.allclose(
+        cells[[f"score: {name}" for name in CLASS_NAMES]].to_numpy(), probabilities * cells[["area_factor"]].to_numpy()
+    )
+    assert not (out / ".work").exists()
+
+
+def test_the_shard_size_changes_no_result_beyond_rounding(bundle, new_images, tmp_path):
+    annotate_folder(load_bundle(bundle), new_images, tmp_path / "by2", images_per_shard=2)
+    annotate_folder(load_bundle(bundle), new_images, tmp_path / "by5", images_per_shard=5)
+    by2, by5 = cells_table(tmp_path / "by2"), cells_table(tmp_path / "by5")
+    assert by2[["image_id", "cell", "area", "bbox_y0", "bbox_x1"]].equals(
+        by5[["image_id", "cell", "area", "bbox_y0", "bbox_x1"]]
+    )
+    assert np.allclose(by2[list(CLASS_NAMES)].to_numpy(), by5[list(CLASS_NAMES)].to_numpy(), atol=1e-5)
+
+
+def test_a_failed_run_keeps_finished_shards_and_resumes_to_the_same_tables(bundle, new_images, tmp_path):
+    annotate_folder(load_bundle(bundle), new_images, tmp_path / "whole", images_per_shard=2)
+    broken = new_images / "img4_green.png"
+    good = broken.read_bytes()
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    out = tmp_path / "resumed"
+    with pytest.raises(InputDataError, match=f"cannot decode image file {broken}"):
+        annotate_folder(load_bundle(bundle), new_images, out, images_per_shard=2)
+    assert not (out / ".work").exists() and not (out / "cells.parquet").exists()
+    broken.write_bytes(good)
+    assert annotate_folder(load_bundle(bundle), new_images, out, images_per_shard=2) == 1  # only the last shard
+    for table in ("cells.csv", "images.csv"):
+        assert (out / table).read_bytes() == (tmp_path / "whole" / table).read_bytes(), table
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda folder: (folder / "img2_yellow.png").unlink(), r"missing channel file\(s\) in .*img2_yellow\.png"),
+        (
+            lambda folder: (
+                write_rgby(folder, "img2", np.zeros((4, 40, 40), np.uint8))
+                or (folder / "img2_red.png").write_bytes((folder / "img0_red.png").read_bytes())
+            ),
+            r"channels of image 'img2' differ in size: img2_red\.png 96x96, img2_green\.png 40x40",
+        ),
+        (
+            lambda folder: (folder / "img2_blue.png").write_bytes(b"not a png"),
+            r"cannot decode image file .*img2_blue\.png",
+        ),
+        (lambda folder: [path.unlink() for path in folder.iterdir()], r"no images in .*new: expected files named"),
+    ],
+    ids=["missing-channel", "channel-sizes", "corrupt-file", "empty-folder"],
+)
+def test_bad_input_is_named_and_leaves_nothing_behind(bundle, new_images, tmp_path, spoil, message):
+    spoil(new_images)
+    out = tmp_path / "out"
+    with pytest.raises(InputDataError, match=message):
+        annotate_folder(load_bundle(bundle), new_images, out, images_per_shard=5)
+    assert not out.exists() or not any(path.name in ("cells.parquet", "images.csv", ".work") for path in out.iterdir())
 
 
 def annotate(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -54,25 +181,30 @@ def test_annotating_the_demos_test_images_gives_the_runs_cells_and_probabilities
     assert result.returncode == 0, result.stderr[-4000:]
 
     out = tmp_path / "annotations"
-    cells = pd.read_parquet(out / "cells.parquet")
+    cells = pd.read_parquet(out / "cells.parquet").set_index(["image_id", "cell"])
     table = read_cell_table(sorted((demo_run / "results/test/cells").glob("shard-*.zarr")))
-    run_cells = [
-        (image_id, int(cell))
-        for row, image_id in enumerate(table.ids)
-        for cell in table.instance[table.offsets[row] : table.offsets[row + 1]]
+    members = submission_members(demo_run)
+    stores = [
+        path for path in sorted((demo_run / "results/models").glob("*/fold*/test.zarr")) if path.parts[-3] in members
     ]
-    assert list(zip(cells["image_id"], cells["cell"].astype(int))) == run_cells
-    members = sorted((demo_run / "results/models").glob("*/fold*/test.zarr"))
-    submitted = [path for path in members if path.parts[-3] in submission_members(demo_run)]
-    average = average_predictions([read_predictions(path) for path in submitted], [str(p) for p in submitted])
-    expected = align_to_cells(average, table, "run").probs[:, :, 0]
-    assert np.array_equal(cells[list(CLASS_NAMES)].to_numpy(np.float32), expected)
+    assert len(stores) == 2 * len(members)
+    average = average_predictions([read_predictions(path) for path in stores], [str(path) for path in stores])
+    expected = pd.DataFrame(
+        align_to_cells(average, table, "the run's test predictions").probs[:, :, 0],
+        columns=list(CLASS_NAMES),
+        index=pd.MultiIndex.from_arrays(
+            [np.repeat(table.ids, np.diff(table.offsets)), table.instance.astype(np.int64)], names=["image_id", "cell"]
+        ),
+    )
+    # the same cells, and per cell the same averaged probabilities, bit for bit
+    assert sorted(cells.index) == sorted(expected.index) and len(expected) > 0
+    got = cells.loc[expected.index, list(CLASS_NAMES)].to_numpy(np.float32)
+    assert np.array_equal(got, expected.to_numpy(np.float32))
     images = pd.read_csv(out / "images.csv")
     assert images["image_id"].tolist() == sorted(table.ids)
     assert not (out / ".work").exists()
 
 
 def submission_members(run: Path) -> set[str]:
-    import yaml
 
     return set(yaml.safe_load((run / "configs/demo.yaml").read_text())["submission"]["members"])

@@ -143,23 +143,26 @@ def annotate_folder(
         run_key=run_key(bundle, images_per_shard),
         provenance=provenance,
     )
-    with writer:
-        shards = sorted(set(index["shard"]))
-        for shard in progress(shards, "annotate", total=len(shards), unit="shard"):
-            ids = shard_ids(index, shard)
-            if all(writer.done(image_id) for image_id in ids):
-                continue
-            stores = _ShardStores(work / f"shard-{shard}")
-            shutil.rmtree(stores.root, ignore_errors=True)  # a killed run's half-built shard
-            stores.root.mkdir(parents=True)
-            write_index(stores.index(), index[index["shard"] == shard].assign(shard=0))
-            _preprocess(bundle, input_dir, ids, stores, sizes, device, threads, segment_weights_dir)
-            average = _predict(bundle, stores, device)
-            for image in _annotations(bundle, input_dir, ids, stores, average):
-                writer.add(image)
-                annotated += 1
-            shutil.rmtree(stores.root)
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        with writer:
+            shards = sorted(set(index["shard"]))
+            for shard in progress(shards, "annotate", total=len(shards), unit="shard"):
+                ids = shard_ids(index, shard)
+                if all(writer.done(image_id) for image_id in ids):
+                    continue
+                stores = _ShardStores(work / f"shard-{shard}")
+                shutil.rmtree(stores.root, ignore_errors=True)  # a killed run's half-built shard
+                stores.root.mkdir(parents=True)
+                write_index(stores.index(), index[index["shard"] == shard].assign(shard=0))
+                _preprocess(bundle, input_dir, ids, stores, sizes, device, threads, segment_weights_dir)
+                average = _predict(bundle, stores, device)
+                for image in _annotations(bundle, input_dir, ids, stores, average):
+                    writer.add(image)
+                    annotated += 1
+                shutil.rmtree(stores.root)
+    finally:
+        # finished images stay (a rerun resumes after them); a shard's intermediate stores never do
+        shutil.rmtree(work, ignore_errors=True)
     log.info("%d images annotated (%d already done) -> %s", annotated, len(index) - annotated, out_dir)
     return annotated
 

@@ -342,34 +342,39 @@ class AnnotationWriter:
         names = [f"{image_id}_{cell}" for image_id, cell in zip(cells["image_id"], cells["cell"], strict=True)]
         target = self.out_dir / "cells.h5ad"
         partial = target.with_name(f".{target.name}.partial")
-        # anndata 0.12 cannot write pandas 3's str dtype: the frames are built with object strings.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*future.infer_string.*")
-            with pd.option_context("future.infer_string", False):
-                obs = pd.DataFrame(
-                    {
-                        column: (
-                            cells[column].to_numpy(object)
-                            if pd.api.types.is_string_dtype(cells[column])
-                            else cells[column]
-                        )
-                        for column in meta
-                    }
-                )
-                obs.index = pd.Index(names, dtype=object)
-                var = pd.DataFrame(
-                    {"threshold": self.class_thresholds}, index=pd.Index(list(self.class_names), dtype=object)
-                )
-        adata = anndata.AnnData(
-            X=cells[list(self.class_names)].to_numpy(np.float32),
-            obs=obs,
-            var=var,
-            layers={"area_scaled": cells[[_score_column(name) for name in self.class_names]].to_numpy(np.float64)},
-            obsm={"spatial": cells[["centroid_x", "centroid_y"]].to_numpy(np.float64)},
-            uns={"task": self.task, "run_key": self.run_key, "provenance": self.provenance},
-        )
+        # anndata 0.12 cannot write pandas 3's str dtype: the frames are built with object strings, and the
+        # write (which turns string columns into categoricals) runs under the same option.
         try:
-            adata.write_h5ad(partial)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*future.infer_string.*")
+                with pd.option_context("future.infer_string", False):
+                    obs = pd.DataFrame(
+                        {
+                            column: (
+                                cells[column].to_numpy(object)
+                                if pd.api.types.is_string_dtype(cells[column])
+                                else cells[column]
+                            )
+                            for column in meta
+                        }
+                    )
+                    obs.index = pd.Index(names, dtype=object)
+                    var = pd.DataFrame(
+                        {"threshold": self.class_thresholds}, index=pd.Index(list(self.class_names), dtype=object)
+                    )
+                    adata = anndata.AnnData(
+                        X=cells[list(self.class_names)].to_numpy(np.float32),
+                        obs=obs,
+                        var=var,
+                        layers={
+                            "area_scaled": cells[[_score_column(name) for name in self.class_names]].to_numpy(
+                                np.float64
+                            )
+                        },
+                        obsm={"spatial": cells[["centroid_x", "centroid_y"]].to_numpy(np.float64)},
+                        uns={"task": self.task, "run_key": self.run_key, "provenance": self.provenance},
+                    )
+                    adata.write_h5ad(partial)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
