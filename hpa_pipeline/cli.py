@@ -952,7 +952,7 @@ def _annotate(args: argparse.Namespace) -> None:
     from hpa_pipeline.bundle import load_bundle
 
     bundle = load_bundle(args.bundle, extract_to=args.out / ".bundle" if args.bundle.suffix == ".zip" else None)
-    annotate_folder(
+    summary = annotate_folder(
         bundle,
         args.input_dir,
         args.out,
@@ -961,6 +961,8 @@ def _annotate(args: argparse.Namespace) -> None:
         threads=args.threads,
         segment_weights_dir=args.segment_weights,
     )
+    stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in summary.seconds.items())
+    log.info("seconds per stage: %s", stages or "nothing to do")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,7 +84,9 @@ def cells_table(out: Path) -> pd.DataFrame:
 
 def test_every_image_gets_its_cells_with_averaged_probabilities(bundle, new_images, tmp_path):
     out = tmp_path / "out"
-    assert annotate_folder(load_bundle(bundle), new_images, out, images_per_shard=2) == 5
+    summary = annotate_folder(load_bundle(bundle), new_images, out, images_per_shard=2)
+    assert summary.annotated == 5 and summary.already_done == 0
+    assert set(summary.seconds) == {"resize", "segment", "masks", "crops", "predict", "write"}
     cells = cells_table(out)
     images = pd.read_csv(out / "images.csv")
     assert images["image_id"].tolist() == [f"img{i}" for i in range(5)]
@@ -119,7 +121,8 @@ def test_a_failed_run_keeps_finished_shards_and_resumes_to_the_same_tables(bundl
         annotate_folder(load_bundle(bundle), new_images, out, images_per_shard=2)
     assert not (out / ".work").exists() and not (out / "cells.parquet").exists()
     broken.write_bytes(good)
-    assert annotate_folder(load_bundle(bundle), new_images, out, images_per_shard=2) == 1  # only the last shard
+    resumed = annotate_folder(load_bundle(bundle), new_images, out, images_per_shard=2)
+    assert (resumed.annotated, resumed.already_done) == (1, 4)  # only the last shard
     for table in ("cells.csv", "images.csv"):
         assert (out / table).read_bytes() == (tmp_path / "whole" / table).read_bytes(), table
 

@@ -13,8 +13,11 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +82,25 @@ class _Sizes:
     crops: tuple[int, ...]
 
 
+@dataclass
+class AnnotationSummary:
+    """What one call of :func:`annotate_folder` did: images annotated now, images a killed run had finished,
+    and the seconds spent per stage (``resize``, ``segment``, ``masks``, ``crops``; ``predict``: every member
+    and fold; ``write``: OME-Zarr images, overviews and tables)."""
+
+    annotated: int = 0
+    already_done: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @contextmanager
+    def timing(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
+
+
 def _needed_sizes(bundle: Bundle) -> _Sizes:
     needs: dict[str, set[int]] = {"images": set(), "masks": set(), "crops": set()}
     for member in bundle.members:
@@ -106,7 +128,7 @@ def annotate_folder(
     device: str = "auto",
     threads: int = 1,
     segment_weights_dir: Path | None = None,
-) -> int:
+) -> AnnotationSummary:
     """Annotate every image of ``input_dir`` with ``bundle`` into ``out_dir``.
 
     Args:
@@ -121,7 +143,7 @@ def annotate_folder(
             bundles only; their sha256 is checked).
 
     Returns:
-        The number of images annotated in this call (finished images of a killed run are kept).
+        The images annotated in this call (finished images of a killed run are kept) and the time per stage.
     """
     index = index_image_folder(input_dir, images_per_shard, DATASET)
     sizes = _needed_sizes(bundle)
@@ -134,7 +156,7 @@ def annotate_folder(
         "images_per_shard": images_per_shard,
     }
     configure_threads(threads)
-    annotated = 0
+    summary = AnnotationSummary()
     writer = AnnotationWriter(
         out_dir,
         task=bundle.task,
@@ -144,27 +166,31 @@ def annotate_folder(
         provenance=provenance,
     )
     try:
-        with writer:
-            shards = sorted(set(index["shard"]))
-            for shard in progress(shards, "annotate", total=len(shards), unit="shard"):
-                ids = shard_ids(index, shard)
-                if all(writer.done(image_id) for image_id in ids):
-                    continue
-                stores = _ShardStores(work / f"shard-{shard}")
-                shutil.rmtree(stores.root, ignore_errors=True)  # a killed run's half-built shard
-                stores.root.mkdir(parents=True)
-                write_index(stores.index(), index[index["shard"] == shard].assign(shard=0))
-                _preprocess(bundle, input_dir, ids, stores, sizes, device, threads, segment_weights_dir)
+        shards = sorted(set(index["shard"]))
+        for shard in progress(shards, "annotate", total=len(shards), unit="shard"):
+            ids = shard_ids(index, shard)
+            if all(writer.done(image_id) for image_id in ids):
+                summary.already_done += len(ids)
+                continue
+            stores = _ShardStores(work / f"shard-{shard}")
+            shutil.rmtree(stores.root, ignore_errors=True)  # a killed run's half-built shard
+            stores.root.mkdir(parents=True)
+            write_index(stores.index(), index[index["shard"] == shard].assign(shard=0))
+            _preprocess(bundle, input_dir, ids, stores, sizes, device, threads, segment_weights_dir, summary)
+            with summary.timing("predict"):
                 average = _predict(bundle, stores, device)
+            with summary.timing("write"):
                 for image in _annotations(bundle, input_dir, ids, stores, average):
                     writer.add(image)
-                    annotated += 1
-                shutil.rmtree(stores.root)
+                    summary.annotated += 1
+            shutil.rmtree(stores.root)
+        with summary.timing("write"):
+            writer.close()
     finally:
         # finished images stay (a rerun resumes after them); a shard's intermediate stores never do
         shutil.rmtree(work, ignore_errors=True)
-    log.info("%d images annotated (%d already done) -> %s", annotated, len(index) - annotated, out_dir)
-    return annotated
+    log.info("%d images annotated (%d already done) -> %s", summary.annotated, summary.already_done, out_dir)
+    return summary
 
 
 def _producer(bundle: Bundle, device: str, threads: int, weights_dir: Path | None):
@@ -196,14 +222,16 @@ def _preprocess(
     device: str,
     threads: int,
     weights_dir: Path | None,
+    summary: AnnotationSummary,
 ) -> None:
     """The shard's images at every needed size, and (task hpa2021-cells) its masks, cell table and crops."""
-    resize_shard(input_dir, ids, sizes.images, [stores.images(size) for size in sizes.images], threads=threads)
+    with summary.timing("resize"):
+        resize_shard(input_dir, ids, sizes.images, [stores.images(size) for size in sizes.images], threads=threads)
     if bundle.task == "hpa2018-images":
         return
     source = bundle.segment["source"]
     prefer = "cpu" if bundle.segment["backend"] == "classical" else device
-    with claim_device(prefer) as claim:
+    with summary.timing("segment"), claim_device(prefer) as claim:
         producer = _producer(bundle, claim.device, threads, weights_dir)
         segment_shard(
             ids,
@@ -213,13 +241,15 @@ def _preprocess(
             image_dir=input_dir if source == "original" else None,
             images_store=None if source == "original" else stores.images(int(source)),
         )
-    resize_masks_shard(
-        stores.masks(), sizes.masks, [stores.resized_masks(size) for size in sizes.masks], stores.cells(), DATASET
-    )
-    for size in sizes.crops:
-        crop_shard(
-            stores.images(size), stores.resized_masks(size), stores.cells(), bundle.crop_size, stores.crops(size)
+    with summary.timing("masks"):
+        resize_masks_shard(
+            stores.masks(), sizes.masks, [stores.resized_masks(size) for size in sizes.masks], stores.cells(), DATASET
         )
+    with summary.timing("crops"):
+        for size in sizes.crops:
+            crop_shard(
+                stores.images(size), stores.resized_masks(size), stores.cells(), bundle.crop_size, stores.crops(size)
+            )
 
 
 def _member_data(bundle: Bundle, stores: _ShardStores, kind: str, size: int) -> ModelData:
