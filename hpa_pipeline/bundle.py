@@ -36,10 +36,10 @@ from safetensors.torch import load_file, save_file
 
 import hpa_pipeline
 from hpa_pipeline.errors import ConfigError, InputDataError
-from hpa_pipeline.io.files import atomic_file, write_text_atomic
+from hpa_pipeline.io.files import atomic_file, replace_directory, write_text_atomic
 from hpa_pipeline.io.index import read_index
 from hpa_pipeline.labels import TASK_CELLS, TASK_IMAGES, TASKS, class_names
-from hpa_pipeline.nets.models import create_model
+from hpa_pipeline.nets.models import create_model_from_settings
 from hpa_pipeline.settings import MODEL_JOB_SETTINGS, ModelSettings
 
 #: The layout version of the manifest; a bundle of a higher format comes from a newer hpa-pipeline.
@@ -411,14 +411,7 @@ def _atomic_directory(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    if path.exists():
-        trash = path.with_name(f".{path.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(path, trash)
-        os.replace(partial, path)
-        shutil.rmtree(trash)
-    else:
-        os.replace(partial, path)
+    replace_directory(partial, path)
 
 
 def _write_zip(folder: Path, zip_path: Path) -> None:
@@ -511,14 +504,7 @@ def load_member_model(member: BundleMember, fold: int, device: torch.device) -> 
         raise BundleError(f"member {member.name} has folds 0..{len(member.weights) - 1}, not fold {fold}")
     path = member.weights[fold]
     settings = member.settings
-    model = create_model(
-        settings.kind,
-        settings.backbone,
-        cosine_head=settings.cosine_head,
-        instance_norm_input=settings.instance_norm_input,
-        num_classes=settings.n_classes,
-        head=settings.head,
-    )
+    model = create_model_from_settings(settings)
     try:
         state = load_file(path, device="cpu")
     except (SafetensorError, OSError) as exc:

@@ -25,7 +25,7 @@ from hpa_pipeline.io.predictions import (
     write_predictions,
 )
 from hpa_pipeline.nets.devices import claim_device, configure_threads
-from hpa_pipeline.nets.models import create_model
+from hpa_pipeline.nets.models import create_model_from_settings
 from hpa_pipeline.nets.tta import combine_views, predict_rows
 from hpa_pipeline.settings import ModelData, ModelSettings
 
@@ -53,14 +53,7 @@ def load_trained_model(checkpoint: Path, settings: ModelSettings, device: torch.
             f"{checkpoint} was trained with other {', '.join(different)} "
             f"({', '.join(f'{k}={trained_with(k)!r}' for k in different)}); retrain it"
         )
-    model = create_model(
-        settings.kind,
-        settings.backbone,
-        cosine_head=settings.cosine_head,
-        instance_norm_input=settings.instance_norm_input,
-        num_classes=settings.n_classes,
-        head=settings.head,
-    )
+    model = create_model_from_settings(settings)
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,3 +37,16 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_file(path, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def replace_directory(partial: Path, path: Path) -> None:
+    """Put the finished folder ``partial`` in place of ``path`` (an older ``path`` is moved aside first, so
+    a reader never sees a mix of the two)."""
+    if path.exists():
+        trash = path.with_name(f".{path.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(path, trash)
+        os.replace(partial, path)
+        shutil.rmtree(trash)
+    else:
+        os.replace(partial, path)

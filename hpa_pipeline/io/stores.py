@@ -22,6 +22,7 @@ from zarr.codecs.numcodecs import Delta
 from zarr.core.sync import sync
 
 from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.io.files import replace_directory
 
 # The dense codec's numcodecs filter is stored as "numcodecs.delta": zarr-python (>= 3.1.3 with numcodecs) reads
 # it, but warns on every array it opens that other Zarr implementations might not; that is known and accepted.
@@ -110,14 +111,7 @@ def atomic_store(path: str | Path, kind: str, **attrs: Any) -> Iterator[zarr.Gro
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    if path.exists():
-        trash = path.with_name(f".{path.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(path, trash)
-        os.replace(partial, path)
-        shutil.rmtree(trash)
-    else:
-        os.replace(partial, path)
+    replace_directory(partial, path)
 
 
 def open_store(path: str | Path, kind: str) -> zarr.Group:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import timm
@@ -20,6 +20,9 @@ from torch import Tensor, nn
 
 from hpa_pipeline.errors import ConfigError
 from hpa_pipeline.labels import N_CLASSES
+
+if TYPE_CHECKING:
+    from hpa_pipeline.settings import ModelSettings
 
 ModelKind = Literal["image", "cell"]
 
@@ -419,3 +422,15 @@ def create_optimizer(name: str, params: Any, lr: float, **kwargs: Any) -> torch.
         return cls(params, lr=lr, **kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"optimizer {cls.__name__}: bad arguments {kwargs}: {exc}") from exc
+
+
+def create_model_from_settings(settings: ModelSettings) -> nn.Module:
+    """The untrained network a model's resolved settings describe (what its checkpoints fit)."""
+    return create_model(
+        settings.kind,
+        settings.backbone,
+        cosine_head=settings.cosine_head,
+        instance_norm_input=settings.instance_norm_input,
+        num_classes=settings.n_classes,
+        head=settings.head,
+    )
