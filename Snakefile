@@ -12,41 +12,56 @@ if not workflow.overwrite_configfiles:
     configfile: "workflow_config.yaml"
 
 
-validate(config, "schemas/config.schema.yaml")
+# Two modes: training (the default) and annotate, a config with `annotate` (configs/annotate.yaml): a
+# trained bundle applied to a folder of new images, on the same preprocessing rules.
+if "annotate" in config:
+    validate(config, "schemas/annotate.schema.yaml")
+else:
+    validate(config, "schemas/config.schema.yaml")
 
 
 report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
-include: "rules/data.smk"
-include: "rules/preprocess.smk"
-include: "rules/train.smk"
-include: "rules/predict.smk"
-include: "rules/ensemble.smk"
-include: "rules/submit.smk"
-include: "rules/report.smk"
-include: "rules/bundle.smk"
 
 
-rule preprocess:
-    input:
-        preprocess_outputs(),
+if ANNOTATE_MODE:
 
+    include: "rules/preprocess.smk"
+    include: "rules/annotate.smk"
 
-rule models:
-    input:
-        model_outputs(),
+    rule annotations:
+        input:
+            annotate_out_dir(),
+        default_target: True
 
+else:
 
-rule submission:
-    input:
-        submission_outputs(),
-    default_target: True
+    include: "rules/data.smk"
+    include: "rules/preprocess.smk"
+    include: "rules/train.smk"
+    include: "rules/predict.smk"
+    include: "rules/ensemble.smk"
+    include: "rules/submit.smk"
+    include: "rules/report.smk"
+    include: "rules/bundle.smk"
 
+    rule preprocess:
+        input:
+            preprocess_outputs(),
 
-# Not part of submission: the trained run as one portable bundle for annotating new images (docs/bundle.md).
-rule bundle:
-    input:
-        BUNDLE_DIR,
-        BUNDLE_ZIP,
+    rule models:
+        input:
+            model_outputs(),
+
+    rule submission:
+        input:
+            submission_outputs(),
+        default_target: True
+
+    # Not part of submission: the trained run as one portable bundle for annotating new images (docs/bundle.md).
+    rule bundle:
+        input:
+            BUNDLE_DIR,
+            BUNDLE_ZIP,

@@ -28,10 +28,10 @@ from hpa_pipeline.annotate.engine import annotate_folder
 from hpa_pipeline.bundle import load_bundle, write_bundle
 from hpa_pipeline.data.synth import write_demo_dataset
 from hpa_pipeline.io.index import write_index
+from hpa_pipeline.io.thresholds import write_thresholds
 from hpa_pipeline.labels import CLASS_NAMES
 from hpa_pipeline.nets.models import create_model
 from hpa_pipeline.settings import ModelSettings
-from hpa_pipeline.submit.thresholds import write_thresholds
 from hpa_pipeline.train.checkpoints import write_outputs
 
 COMMON = dict(epochs=1, batch_size=8, lr=1e-3, n_folds=2, seed=0)

@@ -24,10 +24,10 @@ import yaml
 from hpa_pipeline.bundle import load_bundle, load_member_model, write_bundle
 from hpa_pipeline.config import resolve_model
 from hpa_pipeline.io.index import write_index
+from hpa_pipeline.io.thresholds import write_thresholds
 from hpa_pipeline.labels import CLASS_NAMES
 from hpa_pipeline.nets.models import create_model
 from hpa_pipeline.settings import ModelSettings
-from hpa_pipeline.submit.thresholds import write_thresholds
 from hpa_pipeline.train.checkpoints import write_outputs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,6 @@ fails raises :class:`BundleError`, one sentence naming the file and the reason.
 from __future__ import annotations
 
 import atexit
-import csv
 import dataclasses
 import hashlib
 import os
@@ -26,21 +25,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import timm
-import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 import hpa_pipeline
 from hpa_pipeline.errors import ConfigError, InputDataError
 from hpa_pipeline.io.files import atomic_file, replace_directory, write_text_atomic
 from hpa_pipeline.io.index import read_index
+from hpa_pipeline.io.thresholds import read_thresholds
 from hpa_pipeline.labels import TASK_CELLS, TASK_IMAGES, TASKS, class_names
-from hpa_pipeline.nets.models import create_model_from_settings
 from hpa_pipeline.settings import MODEL_JOB_SETTINGS, ModelSettings
+
+if TYPE_CHECKING:
+    import torch
 
 #: The layout version of the manifest; a bundle of a higher format comes from a newer hpa-pipeline.
 BUNDLE_FORMAT = 1
@@ -168,6 +166,9 @@ def write_bundle(
         InputDataError: a checkpoint, the thresholds or an index is missing or inconsistent.
         ConfigError: settings that do not fit the task (e.g. a crop size in task hpa2018-images).
     """
+    import torch
+    from safetensors.torch import save_file
+
     members = _read_checkpoints(checkpoints)
     task = members[0][1].task
     names = class_names(task)
@@ -185,7 +186,7 @@ def write_bundle(
         "members": [],
         "averaging": AVERAGING,
         **cell_settings,
-        "class_thresholds": _read_thresholds(thresholds, names),
+        "class_thresholds": read_thresholds(thresholds, names).tolist(),
         "provenance": {"training_index_sha256": index_sha256, "training_index": index_files},
         "files": {},
     }
@@ -257,6 +258,8 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     """A run's own ``final.pt`` (train/checkpoints.py), with its settings as :class:`ModelSettings`."""
     if not path.is_file():
         raise InputDataError(f"missing model checkpoint {path}")
+    import torch
+
     try:
         # the run's own file; weights_only still refuses anything but tensors and plain containers, and mmap
         # keeps the members' weights on disk until they are written
@@ -355,29 +358,6 @@ def _segment_settings(segment: Mapping[str, Any]) -> dict[str, Any]:
         settings[key] = PurePosixPath(str(segment[key]).replace("\\", "/")).name
         settings[f"{key}_sha256"] = digest
     return settings
-
-
-def _read_thresholds(path: Path, names: Sequence[str]) -> list[float]:
-    """The per-class thresholds of ``results/thresholds.csv`` in class order, checked against the class names."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputDataError(f"missing thresholds {path}")
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if len(rows) != len(names):
-        raise InputDataError(f"{path}: {len(rows)} thresholds, the task has {len(names)} classes")
-    values = []
-    for number, (row, name) in enumerate(zip(rows, names), start=2):
-        if row.get("name") != name:
-            raise InputDataError(f"{path} row {number}: class {row.get('name')!r}, expected {name!r}")
-        try:
-            value = float(row["threshold"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputDataError(f"{path} row {number}: no numeric threshold") from exc
-        if not 0 <= value <= 1:
-            raise InputDataError(f"{path} row {number}: threshold {value} outside 0..1")
-        values.append(value)
-    return values
 
 
 def _training_index(paths: Sequence[Path]) -> tuple[str, list[dict[str, Any]]]:
@@ -486,6 +466,24 @@ def load_bundle(path: Path, extract_to: Path | None = None) -> Bundle:
     )
 
 
+def copy_bundle(path: Path, out_dir: Path) -> None:
+    """Put a verified copy of a bundle folder or zip (extracted) at ``out_dir``: the bundle the workflow's
+    annotate jobs open. ``out_dir`` is replaced only once the copy opened with :func:`load_bundle`.
+
+    Raises:
+        BundleError: as :func:`load_bundle`, naming the file and the reason.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"bundle {path} does not exist")
+    with _atomic_directory(Path(out_dir)) as partial:
+        if path.is_file():
+            _extract(path, partial)
+        else:
+            shutil.copytree(path, partial, dirs_exist_ok=True)
+        load_bundle(partial)
+
+
 def load_member_model(member: BundleMember, fold: int, device: torch.device) -> torch.nn.Module:
     """Build one member's model of one fold and load its safetensors weights (never ``torch.load``).
 
@@ -500,6 +498,11 @@ def load_member_model(member: BundleMember, fold: int, device: torch.device) -> 
     Raises:
         BundleError: no such fold, or a weight file that is unreadable or does not fit the model.
     """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from hpa_pipeline.nets.models import create_model_from_settings
+
     if not 0 <= fold < len(member.weights):
         raise BundleError(f"member {member.name} has folds 0..{len(member.weights) - 1}, not fold {fold}")
     path = member.weights[fold]
@@ -566,10 +569,39 @@ def _copy_entries(archive: zipfile.ZipFile, entries: Sequence[zipfile.ZipInfo], 
             shutil.copyfileobj(source, handle, 1 << 20)
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """The parsed and checked manifest (structure, keys, task, classes, members, backbones)."""
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The checked manifest of a bundle folder or zip, read without extracting it, verifying its files'
+    sha256 or importing torch: what the workflow's annotate mode plans its jobs from when it starts.
+
+    Everything :func:`load_bundle` checks in the manifest is checked but the members' backbones; the
+    workflow's first job opens the bundle with :func:`load_bundle`, which checks those and every file.
+
+    Raises:
+        BundleError: naming the file and the reason, as :func:`load_bundle` does.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"bundle {path} does not exist")
+    if path.is_dir():
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise BundleError(f"{path} is not a bundle: no {MANIFEST} (neither a bundle folder nor a bundle zip)")
+        return _read_manifest(manifest_path, manifest_path.read_bytes(), backbones=False)
     try:
-        manifest = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with zipfile.ZipFile(path) as archive:
+            data = archive.read(MANIFEST)
+    except KeyError as exc:
+        raise BundleError(f"{path} is not a bundle: the zip holds no {MANIFEST}") from exc
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise BundleError(f"{path} is not a bundle: neither a folder nor a readable zip ({exc})") from exc
+    return _read_manifest(path / MANIFEST, data, backbones=False)
+
+
+def _read_manifest(path: Path, data: bytes | None = None, *, backbones: bool = True) -> dict[str, Any]:
+    """The parsed and checked manifest (structure, keys, task, classes, members and, with ``backbones``,
+    their backbones); ``data`` is the file's bytes when ``path`` names an entry of a zip."""
+    try:
+        manifest = yaml.safe_load((path.read_bytes() if data is None else data).decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(manifest, dict):
@@ -611,7 +643,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not members:
         raise BundleError(f"{path}: the bundle has no members")
     for position, entry in enumerate(members):
-        _check_member(path, position, entry, task, len(expected), files)
+        _check_member(path, position, entry, task, len(expected), files, backbones)
     return manifest
 
 
@@ -665,7 +697,9 @@ def _check_task_keys(path: Path, manifest: dict[str, Any], task: str) -> None:
         raise BundleError(f"{path}: segment lacks {', '.join(missing)}")
 
 
-def _check_member(path: Path, position: int, entry: Any, task: str, n_classes: int, files: Mapping[str, Any]) -> None:
+def _check_member(
+    path: Path, position: int, entry: Any, task: str, n_classes: int, files: Mapping[str, Any], backbones: bool
+) -> None:
     where = f"members[{position}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("settings"), dict):
         raise BundleError(f"{path}: {where} needs a name, settings and weights")
@@ -681,11 +715,14 @@ def _check_member(path: Path, position: int, entry: Any, task: str, n_classes: i
         )
     if settings.n_classes != n_classes:
         raise BundleError(f"{path}: member {settings.name} has {settings.n_classes} classes, the bundle {n_classes}")
-    if not timm.is_model(settings.backbone):
-        raise BundleError(
-            f"{path}: member {settings.name} needs backbone {settings.backbone!r}, which the installed "
-            f"timm {timm.__version__} does not have"
-        )
+    if backbones:
+        import timm
+
+        if not timm.is_model(settings.backbone):
+            raise BundleError(
+                f"{path}: member {settings.name} needs backbone {settings.backbone!r}, which the installed "
+                f"timm {timm.__version__} does not have"
+            )
     weights = entry.get("weights")
     if not isinstance(weights, list) or len(weights) != settings.n_folds:
         raise BundleError(f"{path}: member {settings.name} needs {settings.n_folds} weight files, one per fold")

@@ -965,6 +965,135 @@ def _annotate(args: argparse.Namespace) -> None:
     log.info("seconds per stage: %s", stages or "nothing to do")
 
 
+# The workflow's annotate mode (rules/annotate.smk): the engine's steps as one job each.
+
+
+def _index_folder_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", required=True, type=Path, help="folder of {ID}_{red,green,blue,yellow} files")
+    parser.add_argument("--images-per-shard", required=True, type=int)
+    parser.add_argument("--dataset", required=True, help="the dataset's name")
+    parser.add_argument("--out", required=True, type=Path, help="the folder's index.csv")
+    parser.add_argument("--out-shards", required=True, type=Path, nargs="+", help="one index per shard, in order")
+
+
+@subcommand(
+    "index-folder", "index a folder of images without a table: sorted IDs, consecutive shards", _index_folder_arguments
+)
+def _index_folder(args: argparse.Namespace) -> None:
+    from hpa_pipeline.data.index import write_folder_index
+
+    index = write_folder_index(args.images, args.images_per_shard, args.dataset, args.out, args.out_shards)
+    log.info("%d images in %d shards", len(index), len(args.out_shards))
+
+
+def _prepare_bundle_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", required=True, type=Path, help="a bundle folder or .zip")
+    parser.add_argument("--out", required=True, type=Path, help="the verified copy (a folder)")
+
+
+@subcommand("prepare-bundle", "verify a bundle and put a copy of it (extracted) in place", _prepare_bundle_arguments)
+def _prepare_bundle(args: argparse.Namespace) -> None:
+    from hpa_pipeline.bundle import copy_bundle
+
+    copy_bundle(args.bundle, args.out)
+
+
+def _annotate_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", required=True, type=Path, help="the verified bundle folder (prepare-bundle)")
+    parser.add_argument("--member", required=True, help="the member's name")
+    parser.add_argument("--fold", required=True, type=int)
+    parser.add_argument("--index", required=True, type=Path, help="the shard's index (its images in order)")
+    parser.add_argument("--cells", type=Path, nargs="*", default=[], help="the shard's cell table (cells task)")
+    parser.add_argument("--images", type=Path, nargs="*", default=[], help="images store (image models)")
+    parser.add_argument("--masks", type=Path, nargs="*", default=[], help="resized masks store (image models)")
+    parser.add_argument("--crops", type=Path, nargs="*", default=[], help="crops store (cell models)")
+    parser.add_argument(
+        "--device", help="auto, cpu, cuda or cuda:N (default: the workflow's predict_device, else auto)"
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True, type=Path)
+
+
+@subcommand(
+    "annotate-predict", "predict one shard with one bundle member's fold and its TTA", _annotate_predict_arguments
+)
+def _annotate_predict(args: argparse.Namespace) -> None:
+    from hpa_pipeline.annotate.engine import predict_member_shard
+    from hpa_pipeline.bundle import load_bundle
+    from hpa_pipeline.settings import ModelData
+
+    data = ModelData(
+        index_paths=[args.index],
+        folds_paths=[],
+        cells_paths=args.cells,
+        images_paths=args.images,
+        masks_paths=args.masks,
+        crops_paths=args.crops,
+    )
+    device = _device(args.device, "predict_device")
+    predict_member_shard(load_bundle(args.bundle), args.member, args.fold, data, args.out, device, args.threads)
+
+
+def _annotate_shard_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", required=True, type=Path, help="the verified bundle folder (prepare-bundle)")
+    parser.add_argument("--input-dir", required=True, type=Path, help="the original images")
+    parser.add_argument("--index", required=True, type=Path, help="the shard's index (its images in order)")
+    parser.add_argument(
+        "--predictions", required=True, type=Path, nargs="+", help="every member's folds, in the bundle's order"
+    )
+    parser.add_argument("--cells", type=Path, help="the shard's cell table store (cells task)")
+    parser.add_argument("--masks", type=Path, help="the shard's segmentation store (cells task)")
+    parser.add_argument("--images-per-shard", required=True, type=int, help="the run's shard size (its run key)")
+    parser.add_argument("--out", required=True, type=Path, help="the shard's annotation folder")
+
+
+@subcommand(
+    "annotate-shard",
+    "average a shard's predictions, scale by area and write its images' annotations",
+    _annotate_shard_arguments,
+)
+def _annotate_shard(args: argparse.Namespace) -> None:
+    from hpa_pipeline.annotate.engine import annotate_shard
+    from hpa_pipeline.bundle import load_bundle
+
+    annotate_shard(
+        load_bundle(args.bundle),
+        args.input_dir,
+        args.index,
+        args.predictions,
+        args.out,
+        images_per_shard=args.images_per_shard,
+        cells_path=args.cells,
+        masks_path=args.masks,
+    )
+
+
+def _annotate_merge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", required=True, type=Path, help="the verified bundle folder (prepare-bundle)")
+    parser.add_argument("--input-dir", required=True, type=Path, help="the original images")
+    parser.add_argument("--index", required=True, type=Path, help="the folder's index")
+    parser.add_argument("--shards", required=True, type=Path, nargs="+", help="every shard's annotation folder")
+    parser.add_argument("--images-per-shard", required=True, type=int, help="the run's shard size (its run key)")
+    parser.add_argument("--out", required=True, type=Path, help="the annotations folder (the layout of annotate's)")
+
+
+@subcommand(
+    "annotate-merge", "join the shards' annotations into tables, AnnData and a gallery", _annotate_merge_arguments
+)
+def _annotate_merge(args: argparse.Namespace) -> None:
+    from hpa_pipeline.annotate.engine import merge_shards
+    from hpa_pipeline.bundle import load_bundle
+
+    merge_shards(
+        load_bundle(args.bundle),
+        args.input_dir,
+        args.index,
+        args.shards,
+        args.out,
+        images_per_shard=args.images_per_shard,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; a user error prints one clear line and exits with status 1."""
     args = build_parser().parse_args(argv)

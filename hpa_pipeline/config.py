@@ -108,9 +108,19 @@ def job_settings(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def annotate_job_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The annotate mode's job settings: ``{"predict_device": ..., "segment_device": ...}`` (default auto)."""
+    return {
+        "predict_device": config.get("predict_device", "auto"),
+        "segment_device": config.get("segment_device", "auto"),
+    }
+
+
 def export_job_settings(config: dict[str, Any]) -> None:
-    """Put :func:`job_settings` into this process's environment, for the jobs it starts to inherit."""
-    os.environ[JOB_SETTINGS_ENV] = json.dumps(job_settings(config), sort_keys=True)
+    """Put :func:`job_settings` (in the annotate mode :func:`annotate_job_settings`) into this process's
+    environment, for the jobs it starts to inherit."""
+    settings = annotate_job_settings(config) if ANNOTATE in config else job_settings(config)
+    os.environ[JOB_SETTINGS_ENV] = json.dumps(settings, sort_keys=True)
 
 
 def exported_job_settings() -> dict[str, Any]:
@@ -424,6 +434,55 @@ def check_input_paths(config: dict[str, Any]) -> None:
             what = made.get(data.key.rsplit(".", 1)[-1])
             only_demo = f" (only demo_data writes one, into input_dir/{what})" if what else ""
             raise ConfigError(f"{data.key}: {data.path} does not exist and no rule makes it{only_demo}: {data.fix}")
+
+
+# ---------------------------------------------------------------------------------------- annotate mode
+
+#: The key of the annotate mode's config (configs/annotate.yaml, schemas/annotate.schema.yaml): a trained
+#: bundle applied to a folder of new images. A config with it has none of the training keys.
+ANNOTATE = "annotate"
+
+#: The annotate mode's paths that must exist before anything runs, and what each should be.
+_ANNOTATE_PATHS = (
+    ("bundle", os.path.exists, "a bundle folder or .zip (`snakemake bundle` writes results/bundle.zip)"),
+    ("input_dir", os.path.isdir, "a folder of {ID}_{red,green,blue,yellow}.png|tif|jpg files"),
+    ("segment_weights", os.path.isdir, "the folder of the hpacellseg weight files the bundle names"),
+)
+
+
+def check_annotate_config(config: dict[str, Any]) -> None:
+    """Check the annotate mode's paths against the disk, before the DAG is built (relative paths from the
+    working directory, the workflow's).
+
+    Raises:
+        ConfigError: naming the key and the path that does not exist.
+    """
+    settings = config[ANNOTATE]
+    for key, exists, what in _ANNOTATE_PATHS:
+        path = settings.get(key)
+        if path is not None and not exists(str(path)):
+            raise ConfigError(f"{ANNOTATE}.{key}: {path} does not exist; give {what}")
+
+
+def annotate_hpacellseg_weights(config: dict[str, Any], segment: dict[str, Any]) -> dict[str, str]:
+    """The hpacellseg weight files of a bundle's segmentation (``segment``: the manifest's, by file name and
+    sha256) in ``annotate.segment_weights``, keyed as the training config's ``segment.hpacellseg``.
+
+    Raises:
+        ConfigError: ``annotate.segment_weights`` is not set.
+    """
+    folder = config[ANNOTATE].get("segment_weights")
+    if not folder:
+        raise ConfigError(
+            f"{ANNOTATE}.segment_weights: the bundle segments with hpacellseg; name the folder of its weight "
+            f"files ({segment['nuclei_model']}, {segment['cell_model']}; Zenodo record 4665863)"
+        )
+    return {
+        "nuclei_model": str(Path(folder) / segment["nuclei_model"]),
+        "nuclei_model_sha256": segment["nuclei_model_sha256"],
+        "cell_model": str(Path(folder) / segment["cell_model"]),
+        "cell_model_sha256": segment["cell_model_sha256"],
+    }
 
 
 # ------------------------------------------------------------------------------------------- tasks

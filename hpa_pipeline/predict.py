@@ -81,6 +81,14 @@ def predict_split(
     with claim_device(device) as claim:
         model = load_trained_model(checkpoint, settings, claim.torch_device)
         predictions, predicted_views = predict_model(model, settings, data, fold)
+    write_model_predictions(out_path, predictions, predicted_views, settings, fold)
+
+
+def write_model_predictions(
+    out_path: Path, predictions: PredictionSet, predicted_views: int, settings: ModelSettings, fold: int | None = None
+) -> None:
+    """Write what :func:`predict_model` returned as a prediction store, with the model, fold, split and TTA
+    it was predicted with (``fold`` None: the test set)."""
     random_crops = settings.image_level and bool(settings.tta_crops)
     write_predictions(
         out_path,

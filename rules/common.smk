@@ -1,10 +1,18 @@
 # Paths, shard lists, model inputs and config checks shared by every rule module.
+# Two modes (see the Snakefile): training, the default, and annotate, a config with `annotate` (a trained
+# bundle applied to a folder of new images, rules/annotate.smk). The preprocessing rules serve both, with
+# the names below set per mode.
 import os
 import re
 
 from snakemake.exceptions import WorkflowError
 
+from hpa_pipeline.annotate.plan import count_shards, member_plans, store_sizes
+from hpa_pipeline.bundle import read_manifest
 from hpa_pipeline.config import (
+    ANNOTATE,
+    annotate_hpacellseg_weights,
+    check_annotate_config,
     check_config,
     check_input_paths,
     download_settings,
@@ -16,43 +24,88 @@ from hpa_pipeline.config import (
     task_of,
     train_datasets,
 )
-from hpa_pipeline.errors import ConfigError
+from hpa_pipeline.errors import ConfigError, InputDataError
 from hpa_pipeline.nets.devices import share_gpus
 from hpa_pipeline.settings import model_stores
 
+ANNOTATE_MODE = ANNOTATE in config
 try:
-    check_config(config)
-    check_input_paths(config)
+    if ANNOTATE_MODE:
+        check_annotate_config(config)
+    else:
+        check_config(config)
+        check_input_paths(config)
 except ConfigError as error:
     raise WorkflowError(f"invalid configuration: {error}")
 
 
-INPUT_DIR = config["input_dir"].rstrip("/")
-TRAIN_DATASETS = train_datasets(config)
-DATASETS = TRAIN_DATASETS + ["test"]
-EXTRA_SETS = config.get("extra_train_sets") or {}
-# hpa2021-cells (per-cell predictions) or hpa2018-images (image labels only: no segmentation, masks or crops)
-TASK = task_of(config)
-IMAGE_TASK = TASK == "hpa2018-images"
-IMAGE_SIZES = [int(size) for size in config["preprocess"]["image_sizes"]]
-CROP_IMAGE_SIZES = [int(size) for size in config["preprocess"].get("crop_image_sizes", [])]
-SEGMENT_BACKEND = (config.get("segment") or {}).get("backend", "classical")
+def _annotate_plan(key, plan, *args):
+    """What the annotate mode plans from its bundle's manifest or its folder's listing; an error names the key."""
+    try:
+        return plan(*args)
+    except (ConfigError, InputDataError) as error:
+        raise WorkflowError(f"invalid configuration: {ANNOTATE}.{key}: {error}")
+
+
+if ANNOTATE_MODE:
+    # The annotated images form one dataset of the preprocessing rules; the bundle's manifest says the task,
+    # the sizes each store is needed at, the crops and the segmentation (read without hashing any weight).
+    ANNOTATE_DATASET = "annotate"
+    ANNOTATE_SETTINGS = config[ANNOTATE]  # with the schema's defaults (images_per_shard, out_dir) filled in
+    ANNOTATE_INPUT_DIR = str(ANNOTATE_SETTINGS["input_dir"]).rstrip("/")
+    MANIFEST = _annotate_plan("bundle", read_manifest, ANNOTATE_SETTINGS["bundle"])
+    ANNOTATE_SHARDS = _annotate_plan(
+        "input_dir", count_shards, ANNOTATE_INPUT_DIR, ANNOTATE_SETTINGS["images_per_shard"]
+    )
+    ANNOTATE_MEMBERS = {member.name: member for member in member_plans(MANIFEST)}
+    TRAIN_DATASETS = []
+    DATASETS = [ANNOTATE_DATASET]
+    EXTRA_SETS = {}
+    TASK = MANIFEST["task"]
+    IMAGE_TASK = TASK == "hpa2018-images"
+    STORE_SIZES = store_sizes(MANIFEST)
+    IMAGE_SIZES = list(STORE_SIZES.images)
+    MASK_SIZES = list(STORE_SIZES.masks)
+    CROP_IMAGE_SIZES = list(STORE_SIZES.crops)
+    CROP_SIZE = MANIFEST["preprocess"].get("crop_size")
+    ANNOTATE_SEGMENT = MANIFEST.get("segment") or {}
+    SEGMENT_BACKEND = ANNOTATE_SEGMENT.get("backend", "classical")
+    HPACELLSEG_WEIGHTS = (
+        _annotate_plan("segment_weights", annotate_hpacellseg_weights, config, ANNOTATE_SEGMENT)
+        if SEGMENT_BACKEND == "hpacellseg"
+        else {}
+    )
+    MODELS = ENSEMBLES = {}
+else:
+    INPUT_DIR = config["input_dir"].rstrip("/")
+    TRAIN_DATASETS = train_datasets(config)
+    DATASETS = TRAIN_DATASETS + ["test"]
+    EXTRA_SETS = config.get("extra_train_sets") or {}
+    # hpa2021-cells (per-cell predictions) or hpa2018-images (image labels only: no segmentation, masks or crops)
+    TASK = task_of(config)
+    IMAGE_TASK = TASK == "hpa2018-images"
+    IMAGE_SIZES = [int(size) for size in config["preprocess"]["image_sizes"]]
+    MASK_SIZES = IMAGE_SIZES
+    CROP_IMAGE_SIZES = [int(size) for size in config["preprocess"].get("crop_image_sizes", [])]
+    CROP_SIZE = config["preprocess"].get("crop_size")
+    SEGMENT_BACKEND = (config.get("segment") or {}).get("backend", "classical")
+    HPACELLSEG_WEIGHTS = (config.get("segment") or {}).get("hpacellseg") or {}
+    MODELS = config.get("models") or {}
+    ENSEMBLES = config.get("ensembles") or {}
+    SUBMISSION = config["submission"]
+    TRUTH_DIR = config.get("truth_dir")
+    N_FOLDS = config["folds"]["n_folds"]
+    DUPLICATES = config.get("duplicates") or {}
+    FOLDS = list(range(N_FOLDS))
+DUPLICATE_GROUPS = "results/duplicates/groups.csv"
 SEGMENT_GPU = 1 if SEGMENT_BACKEND == "hpacellseg" else 0
 # only the hpacellseg backend needs the environment that installs HPA's package (from GitHub)
 SEGMENT_ENV = "../envs/segment.yaml" if SEGMENT_BACKEND == "hpacellseg" else "../envs/pipeline.yaml"
-MODELS = config.get("models") or {}
-ENSEMBLES = config.get("ensembles") or {}
-SUBMISSION = config["submission"]
-TRUTH_DIR = config.get("truth_dir")
-N_FOLDS = config["folds"]["n_folds"]
-DUPLICATES = config.get("duplicates") or {}
-DUPLICATE_GROUPS = "results/duplicates/groups.csv"
 # Settings that change how jobs run, not what they compute (GPU sharing, devices, download workers, retries
 # and timeout, a model's compile, channels_last and predict_batch_size) reach the jobs through the
 # environment, not as params: Snakemake reruns a job whose params change, and everything below it.
 share_gpus(config.get("jobs_per_gpu", 1))
 export_job_settings(config)
-FOLDS = list(range(N_FOLDS))
 
 
 def _alternatives(names):
@@ -63,6 +116,7 @@ wildcard_constraints:
     dataset=_alternatives(DATASETS),
     model=_alternatives(MODELS),
     ensemble=_alternatives(ENSEMBLES),
+    member=_alternatives(ANNOTATE_MEMBERS if ANNOTATE_MODE else []),
     size=r"\d+",
     shard=r"\d+",
     fold=r"\d+",
@@ -72,6 +126,8 @@ wildcard_constraints:
 
 
 def image_dir(dataset):
+    if ANNOTATE_MODE:
+        return ANNOTATE_INPUT_DIR
     if dataset in EXTRA_SETS:
         return EXTRA_SETS[dataset]["images"]
     return f"{INPUT_DIR}/{dataset}"
@@ -140,6 +196,8 @@ def index_kind(dataset):
 
 
 def n_shards(dataset):
+    if ANNOTATE_MODE:
+        return ANNOTATE_SHARDS
     if dataset in EXTRA_SETS:
         return EXTRA_SETS[dataset]["shards"]
     return config["shards"][dataset]
@@ -183,6 +241,8 @@ def all_shards(path_of, datasets, *args):
 
 
 def segment_settings(dataset):
+    if ANNOTATE_MODE:
+        return ANNOTATE_SEGMENT
     return config["segment"]["inputs"]["test" if dataset == "test" else "train"]
 
 
@@ -204,7 +264,7 @@ def segment_source_option(wildcards):
 def hpacellseg_options():
     if SEGMENT_BACKEND != "hpacellseg":
         return ""
-    weights = config["segment"]["hpacellseg"]
+    weights = HPACELLSEG_WEIGHTS
     return (
         f"--nuclei-model {weights['nuclei_model']} --nuclei-model-sha256 {weights['nuclei_model_sha256']} "
         f"--cell-model {weights['cell_model']} --cell-model-sha256 {weights['cell_model_sha256']}"
@@ -394,3 +454,62 @@ def bundle_options():
     options += ["--edge-area-threshold", str(SUBMISSION["edge_area_threshold"])]
     options += ["--center-area-threshold", str(SUBMISSION["center_area_threshold"])]
     return " ".join(option for option in options if option)
+
+
+# ------------------------------------------------------------------------------------------- annotate mode
+ANNOTATE_BUNDLE_DIR = "results/annotate/bundle"
+
+
+def annotate_out_dir():
+    return ANNOTATE_SETTINGS["out_dir"].rstrip("/")
+
+
+def annotate_shard_index(shard):
+    """One shard's rows of the folder's index: the images a prediction or annotation job reads, in order."""
+    return f"results/{ANNOTATE_DATASET}/index/shard-{shard}.csv"
+
+
+def annotate_predictions(member, fold, shard):
+    return f"results/{ANNOTATE_DATASET}/predictions/{member}/fold{fold}/shard-{shard}.zarr"
+
+
+def annotate_shard_dir(shard):
+    """A shard's annotations: its images' OME-Zarr, overview and table parts (merged into the out_dir)."""
+    return f"results/{ANNOTATE_DATASET}/annotations/shard-{shard}"
+
+
+def annotate_predict_inputs(wildcards):
+    """What predicting one shard with one member reads: the shard's index and cell table, and the stores of
+    the member's kind at its size (lists, the shape data_options joins)."""
+    member = ANNOTATE_MEMBERS[wildcards.member]
+    inputs = {"bundle": ANNOTATE_BUNDLE_DIR, "index": [annotate_shard_index(wildcards.shard)]}
+    if not IMAGE_TASK:
+        inputs["cells"] = [cells_store(ANNOTATE_DATASET, wildcards.shard)]
+    for name in member.stores:
+        inputs[name] = [MODEL_STORE_PATHS[name](ANNOTATE_DATASET, member.image_size, wildcards.shard)]
+    return inputs
+
+
+def annotate_shard_inputs(wildcards):
+    """A shard's predictions of every member and fold (members in the bundle's order, the engine's averaging
+    order) and, per cell, its cell table and segmentation."""
+    inputs = {
+        "bundle": ANNOTATE_BUNDLE_DIR,
+        "index": annotate_shard_index(wildcards.shard),
+        "predictions": [
+            annotate_predictions(member.name, fold, wildcards.shard)
+            for member in ANNOTATE_MEMBERS.values()
+            for fold in range(member.n_folds)
+        ],
+    }
+    if not IMAGE_TASK:
+        inputs["cells"] = cells_store(ANNOTATE_DATASET, wildcards.shard)
+        inputs["masks"] = masks_store(ANNOTATE_DATASET, wildcards.shard)
+    return inputs
+
+
+def annotate_cell_options(wildcards, input):
+    """The cell table and segmentation options of a shard's annotation (none in task hpa2018-images)."""
+    if IMAGE_TASK:
+        return ""
+    return f"--cells {input.cells} --masks {input.masks}"

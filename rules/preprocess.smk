@@ -1,4 +1,5 @@
 # Preprocessing, one job per dataset and shard: resize -> segment -> resize_masks (+ cell table) -> crop_cells.
+# The annotate mode runs the same rules on its dataset `annotate` (sizes and segmentation from the bundle).
 
 
 rule resize_image:
@@ -53,10 +54,10 @@ rule resize_masks:
     input:
         masks=lambda wildcards: masks_store(wildcards.dataset, wildcards.shard),
     output:
-        masks=directory([resized_masks_store("{dataset}", size, "{shard}") for size in IMAGE_SIZES]),
+        masks=directory([resized_masks_store("{dataset}", size, "{shard}") for size in MASK_SIZES]),
         cells=directory(cells_store("{dataset}", "{shard}")),
     params:
-        sizes=" ".join(str(size) for size in IMAGE_SIZES),
+        sizes=" ".join(str(size) for size in MASK_SIZES),
     log:
         "logs/resize_masks/{dataset}-{shard}.log",
     benchmark:
@@ -76,7 +77,7 @@ rule crop_cells:
     output:
         directory(crops_store("{dataset}", "{size}", "{shard}")),
     params:
-        crop_size=config["preprocess"].get("crop_size"),
+        crop_size=CROP_SIZE,
     log:
         "logs/crop_cells/{dataset}-{size}-{shard}.log",
     benchmark:

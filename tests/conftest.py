@@ -161,3 +161,50 @@ class PixelwiseCAM(nn.Module):
 
     def forward(self, x):
         return self.conv(x)
+
+
+def write_random_bundle(run: Path, task: str = "hpa2021-cells") -> Path:
+    """A bundle of random-weight members written from a run's own files (final.pt, thresholds, index) into
+    ``run/bundle``: for hpa2021-cells a CAM and a cell model, for hpa2018-images a CAM model and a
+    gap_gmp model; two folds each, 64 px, 2 TTA views."""
+    import pandas as pd
+    import torch
+
+    from hpa_pipeline.bundle import write_bundle
+    from hpa_pipeline.io.index import write_index
+    from hpa_pipeline.io.thresholds import write_thresholds
+    from hpa_pipeline.labels import class_names
+    from hpa_pipeline.nets.models import create_model_from_settings
+    from hpa_pipeline.settings import ModelSettings
+    from hpa_pipeline.train.checkpoints import write_outputs
+
+    common = dict(epochs=1, batch_size=2, lr=1e-3, n_folds=2, seed=7, tta=2, task=task)
+    cam = ModelSettings(name="cam", kind="image", backbone="test_resnet", image_size=64, crop_size=32, **common)
+    if task == "hpa2018-images":
+        second = ModelSettings(
+            name="gap", kind="image", backbone="test_efficientnet", image_size=64, crop_size=32, head="gap_gmp",
+            **common,
+        )  # fmt: skip
+    else:
+        second = ModelSettings(name="cell", kind="cell", backbone="test_efficientnet", image_size=64, **common)
+    checkpoints = []
+    for settings in (cam, second):
+        for fold in range(2):
+            torch.manual_seed(fold)
+            model = create_model_from_settings(settings)
+            out = run / f"results/models/{settings.name}/fold{fold}"
+            write_outputs(
+                out, model=model, settings=settings, fold=fold, metrics=[], device="cpu", threads=1, inputs=[]
+            )
+            checkpoints.append(out / "final.pt")
+    names = class_names(task)
+    write_thresholds(run / "thresholds.csv", np.full(len(names), 0.5), names, np.full(len(names), np.nan), "f1")
+    write_index(run / "index.csv", pd.DataFrame({"ID": ["a"], "shard": 0, "Label": "0", "dataset": "train"}))
+    cell_settings = {}
+    if task != "hpa2018-images":
+        cell_settings = dict(
+            crop_image_sizes=[64], crop_size=16, edge_area_threshold=300, center_area_threshold=200,
+            segment={"backend": "classical", "source": "original", "scale_factor": 0.125},
+        )  # fmt: skip
+    write_bundle(run / "bundle", checkpoints, run / "thresholds.csv", [run / "index.csv"], [64], **cell_settings)
+    return run / "bundle"

@@ -17,54 +17,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
-from conftest import blob_image, write_rgby
+from conftest import blob_image, write_random_bundle, write_rgby
 from workflow_helpers import snakemake
 
-from hpa_pipeline.annotate.engine import annotate_folder
-from hpa_pipeline.bundle import load_bundle, write_bundle
+from hpa_pipeline.annotate.engine import annotate_folder, annotate_shard, merge_shards, predict_member_shard
+from hpa_pipeline.bundle import load_bundle
+from hpa_pipeline.data.index import write_folder_index
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.cells import read_cell_table
-from hpa_pipeline.io.index import write_index
+from hpa_pipeline.io.index import read_index
 from hpa_pipeline.io.predictions import align_to_cells, average_predictions, read_predictions
 from hpa_pipeline.labels import CLASS_NAMES
-from hpa_pipeline.nets.models import create_model
-from hpa_pipeline.settings import ModelSettings
-from hpa_pipeline.submit.thresholds import write_thresholds
-from hpa_pipeline.train.checkpoints import write_outputs
+from hpa_pipeline.preprocess.resize import resize_shard
+from hpa_pipeline.settings import ModelData
 
 BIN = Path(sys.executable).parent
-COMMON = dict(epochs=1, batch_size=2, lr=1e-3, n_folds=2, seed=7, tta=2)
-MEMBERS = (
-    ModelSettings(name="cam", kind="image", backbone="test_resnet", image_size=64, crop_size=32, **COMMON),
-    ModelSettings(name="cell", kind="cell", backbone="test_efficientnet", image_size=64, **COMMON),
-)
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    """A bundle of random-weight members written from a run's own files (final.pt, thresholds, index)."""
-    run = tmp_path_factory.mktemp("run")
-    checkpoints = []
-    for settings in MEMBERS:
-        for fold in range(2):
-            torch.manual_seed(fold)
-            model = create_model(settings.kind, settings.backbone, num_classes=settings.n_classes)
-            out = run / f"results/models/{settings.name}/fold{fold}"
-            write_outputs(
-                out, model=model, settings=settings, fold=fold, metrics=[], device="cpu", threads=1, inputs=[]
-            )
-            checkpoints.append(out / "final.pt")
-    write_thresholds(run / "thresholds.csv", np.full(19, 0.5), CLASS_NAMES, np.full(19, np.nan), "f1")
-    write_index(run / "index.csv", pd.DataFrame({"ID": ["a"], "shard": 0, "Label": "0", "dataset": "train"}))
-    write_bundle(
-        run / "bundle", checkpoints, run / "thresholds.csv", [run / "index.csv"], [64],
-        crop_image_sizes=[64], crop_size=16,
-        segment={"backend": "classical", "source": "original", "scale_factor": 0.125},
-        edge_area_threshold=300, center_area_threshold=200,
-    )  # fmt: skip
-    return run / "bundle"
+    return write_random_bundle(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture
@@ -211,3 +184,26 @@ def test_annotating_the_demos_test_images_gives_the_runs_cells_and_probabilities
 def submission_members(run: Path) -> set[str]:
 
     return set(yaml.safe_load((run / "configs/demo.yaml").read_text())["submission"]["members"])
+
+
+def test_the_workflows_steps_give_the_clis_tables_for_an_image_task_bundle(new_images, tmp_path):
+    """predict_member_shard per member and fold, annotate_shard and merge_shards (the annotate mode's jobs,
+    rules/annotate.smk) on one shard of an hpa2018-images bundle: no segmentation, the CLI's tables."""
+    bundle = load_bundle(write_random_bundle(tmp_path / "run", "hpa2018-images"))
+    annotate_folder(bundle, new_images, tmp_path / "cli", images_per_shard=5)
+    work = tmp_path / "results"
+    write_folder_index(new_images, 5, "annotate", work / "index.csv", [work / "shard-0.csv"])
+    ids = read_index(work / "shard-0.csv")["ID"].tolist()
+    resize_shard(new_images, ids, [64], [work / "images_64.zarr"])
+    data = ModelData(
+        index_paths=[work / "shard-0.csv"], folds_paths=[], cells_paths=[], images_paths=[work / "images_64.zarr"]
+    )
+    predictions = []
+    for member in bundle.members:
+        for fold in range(2):
+            predictions.append(work / f"{member.name}-{fold}.zarr")
+            predict_member_shard(bundle, member.name, fold, data, predictions[-1])
+    annotate_shard(bundle, new_images, work / "shard-0.csv", predictions, work / "shard-0", images_per_shard=5)
+    merge_shards(bundle, new_images, work / "index.csv", [work / "shard-0"], tmp_path / "out", images_per_shard=5)
+    assert (tmp_path / "out/images.csv").read_bytes() == (tmp_path / "cli/images.csv").read_bytes()
+    assert not (tmp_path / "out/cells.csv").exists() and (tmp_path / "out/overview/img4.png").is_file()

@@ -331,3 +331,30 @@ def test_a_run_of_images_without_cells_writes_empty_cell_tables(tmp_path, writte
     assert pq.read_metadata(tmp_path / "cells.parquet").num_rows == 0
     assert anndata.read_h5ad(tmp_path / "cells.h5ad").shape == (0, len(CLASS_NAMES))
     assert pd.read_csv(tmp_path / "images.csv")["n_cells"].tolist() == [0]
+
+
+def test_shards_written_apart_and_adopted_in_order_give_the_same_outputs(tmp_path, written):
+    first, second, empty = _images()
+    for shard, images in (("shard-0", [first, second]), ("shard-1", [empty])):
+        writer = _writer(tmp_path / shard)
+        for image in images:
+            writer.add(image)  # a shard's job never closes its writer
+    merged = _writer(tmp_path / "out")
+    for shard, image in (("shard-0", first), ("shard-0", second), ("shard-1", empty)):
+        merged.adopt(tmp_path / shard, image.image_id)
+    merged.close()
+    for name in ("cells.csv", "images.csv", "cells.parquet", "overview/index.html", "overview/img-a.png"):
+        assert (tmp_path / "out" / name).read_bytes() == (written / name).read_bytes(), name
+    zarr_file = Path("images/img-b.ome.zarr/labels/cells/.zattrs")
+    assert (tmp_path / "out" / zarr_file).read_bytes() == (written / zarr_file).read_bytes()
+    # hard links: the merged folder costs no second copy of the images
+    assert (tmp_path / "out" / zarr_file).stat().st_ino == (tmp_path / "shard-0" / zarr_file).stat().st_ino
+
+
+def test_adopting_from_another_run_or_an_unfinished_image_is_refused(tmp_path):
+    first = _images()[0]
+    _writer(tmp_path / "shard", run_key="key-old").add(first)
+    with pytest.raises(InputDataError, match=f"^{tmp_path / 'shard'} holds annotations of run key key-old, this"):
+        _writer(tmp_path / "out").adopt(tmp_path / "shard", first.image_id)
+    with pytest.raises(InputDataError, match=f"^{tmp_path / 'shard'}: image img-z is not finished there"):
+        _writer(tmp_path / "out2", run_key="key-old").adopt(tmp_path / "shard", "img-z")

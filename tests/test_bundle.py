@@ -23,18 +23,20 @@ from hpa_pipeline import __version__
 from hpa_pipeline.bundle import (
     BUNDLE_FORMAT,
     BundleError,
+    copy_bundle,
     load_bundle,
     load_member_model,
+    read_manifest,
     write_bundle,
 )
 from hpa_pipeline.cli import main
 from hpa_pipeline.errors import ConfigError, InputDataError
 from hpa_pipeline.io.index import write_index
+from hpa_pipeline.io.thresholds import write_thresholds
 from hpa_pipeline.labels import CLASS_NAMES, CLASS_NAMES_2018, TASK_IMAGES
 from hpa_pipeline.nets.models import create_model
 from hpa_pipeline.predict import load_trained_model
 from hpa_pipeline.settings import ModelSettings
-from hpa_pipeline.submit.thresholds import write_thresholds
 from hpa_pipeline.train.checkpoints import write_outputs
 
 CPU = torch.device("cpu")
@@ -499,3 +501,32 @@ def test_the_bundle_rule_runs_on_a_run_s_files(tmp_path):
     assert [member.name for member in bundle.members] == config["submission"]["members"]
     assert bundle.image_sizes == tuple(config["preprocess"]["image_sizes"]) and bundle.task == TASK_IMAGES
     assert (workdir / "logs/benchmarks/make_bundle/make_bundle.tsv").is_file()
+
+
+# ---------------------------------------------------------------------------- the workflow's annotate mode
+
+
+def test_the_manifest_reads_from_a_folder_or_zip_without_hashing_the_weights(run, tmp_path):
+    folder = _write(run, tmp_path / "bundle", tmp_path / "bundle.zip")
+    expected = load_bundle(folder).manifest
+    assert read_manifest(folder) == expected
+    assert read_manifest(tmp_path / "bundle.zip") == expected
+    (folder / "weights/cell/fold0.safetensors").write_bytes(b"damaged")  # load_bundle's job finds it
+    assert read_manifest(folder) == expected
+    with pytest.raises(BundleError, match=f"^{tmp_path / 'nothing.zip'} is not a bundle: neither a folder nor"):
+        (tmp_path / "nothing.zip").write_bytes(b"not a zip")
+        read_manifest(tmp_path / "nothing.zip")
+    with pytest.raises(BundleError, match=f"^bundle {tmp_path / 'gone'} does not exist$"):
+        read_manifest(tmp_path / "gone")
+
+
+def test_a_copy_is_put_in_place_only_once_verified(run, tmp_path):
+    _write(run, tmp_path / "bundle", tmp_path / "bundle.zip")
+    copy_bundle(tmp_path / "bundle.zip", tmp_path / "from-zip")
+    copy_bundle(tmp_path / "bundle", tmp_path / "from-folder")
+    for copy in ("from-zip", "from-folder"):
+        assert load_bundle(tmp_path / copy).manifest == load_bundle(tmp_path / "bundle").manifest
+    (tmp_path / "bundle/weights/cam/fold1.safetensors").write_bytes(b"damaged")
+    with pytest.raises(BundleError, match="weights/cam/fold1.safetensors does not match its sha256"):
+        copy_bundle(tmp_path / "bundle", tmp_path / "refused")
+    assert sorted(path.name for path in tmp_path.iterdir() if "refused" in path.name) == []

@@ -9,6 +9,8 @@ from workflow_helpers import REPO, copy_workflow, snakemake
 from hpa_pipeline.config import (
     DOWNLOAD_DEFAULTS,
     JOB_SETTINGS_ENV,
+    annotate_hpacellseg_weights,
+    check_annotate_config,
     check_config,
     check_input_paths,
     download_settings,
@@ -441,3 +443,44 @@ def test_the_download_defaults_are_set_only_in_the_package():
     assert DOWNLOAD_DEFAULTS["max_failed_fraction"] == 0.01
     readme = (REPO / "README.md").read_text()
     assert f"max_failed_fraction: {DOWNLOAD_DEFAULTS['max_failed_fraction']}" in readme
+
+
+# -------------------------------------------------------------------------------------------- annotate mode
+
+
+def test_the_annotate_modes_paths_are_checked_naming_the_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "new").mkdir()
+    (tmp_path / "bundle.zip").touch()
+    config = {"annotate": {"bundle": "bundle.zip", "input_dir": "new", "segment_weights": None}}
+    check_annotate_config(config)
+    for key, value, message in (
+        ("bundle", "gone.zip", "annotate.bundle: gone.zip does not exist; give a bundle folder or .zip"),
+        ("input_dir", "bundle.zip", "annotate.input_dir: bundle.zip does not exist; give a folder of {ID}_"),
+        ("segment_weights", "weights", "annotate.segment_weights: weights does not exist; give the folder of"),
+    ):
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+            check_annotate_config({"annotate": {**config["annotate"], key: value}})
+
+
+def test_the_annotate_modes_job_settings_are_its_devices(monkeypatch):
+    monkeypatch.delenv(JOB_SETTINGS_ENV, raising=False)
+    export_job_settings({"annotate": {"bundle": "b", "input_dir": "i"}, "predict_device": "cuda:1"})
+    assert exported_job_settings() == {"predict_device": "cuda:1", "segment_device": "auto"}
+
+
+def test_hpacellseg_bundles_take_their_weights_from_the_named_folder():
+    segment = {
+        "nuclei_model": "n.pth",
+        "nuclei_model_sha256": "a" * 64,
+        "cell_model": "c.pth",
+        "cell_model_sha256": "b" * 64,
+    }
+    assert annotate_hpacellseg_weights({"annotate": {"segment_weights": "/w"}}, segment) == {
+        "nuclei_model": "/w/n.pth",
+        "nuclei_model_sha256": "a" * 64,
+        "cell_model": "/w/c.pth",
+        "cell_model_sha256": "b" * 64,
+    }
+    with pytest.raises(ConfigError, match=r"^annotate\.segment_weights: the bundle segments with hpacellseg; name"):
+        annotate_hpacellseg_weights({"annotate": {}}, segment)

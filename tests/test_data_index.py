@@ -1,6 +1,8 @@
+import numpy as np
 import pytest
+from conftest import write_rgby
 
-from hpa_pipeline.data.index import build_index, check_disjoint, index_image_folder
+from hpa_pipeline.data.index import build_index, check_disjoint, index_image_folder, write_folder_index
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.index import read_index, shard_ids, write_index
 
@@ -127,3 +129,19 @@ def test_an_empty_folder_says_what_files_it_expects(tmp_path):
         InputDataError, match=r"no images in .*new: expected files named \{ID\}_\{red,green,blue,yellow\}"
     ):
         index_image_folder(tmp_path / "new", images_per_shard=4)
+
+
+def test_a_folder_is_indexed_without_a_table_into_consecutive_shards(tmp_path):
+    folder = tmp_path / "new"
+    for image_id in ("c", "a", "b"):
+        write_rgby(folder, image_id, np.zeros((4, 8, 8), np.uint8))
+    shard_files = [tmp_path / "shard-0.csv", tmp_path / "shard-1.csv"]
+    write_folder_index(folder, 2, "annotate", tmp_path / "index.csv", shard_files)
+    assert (
+        tmp_path / "index.csv"
+    ).read_text() == "ID,shard,Label,dataset\na,0,,annotate\nb,0,,annotate\nc,1,,annotate\n"
+    assert read_index(shard_files[0])["ID"].tolist() == ["a", "b"]
+    assert (tmp_path / "shard-1.csv").read_text() == "ID,shard,Label,dataset\nc,1,,annotate\n"
+    with pytest.raises(InputDataError, match=f"{folder} now makes 2 shard\\(s\\) of 2 images, the workflow planned 3"):
+        write_folder_index(folder, 2, "annotate", tmp_path / "again.csv", [*shard_files, tmp_path / "shard-2.csv"])
+    assert not (tmp_path / "again.csv").exists()

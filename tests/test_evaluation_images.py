@@ -9,9 +9,10 @@ from hpa_pipeline.io.cells import CellTable
 from hpa_pipeline.io.folds import write_folds
 from hpa_pipeline.io.index import write_index
 from hpa_pipeline.io.predictions import PredictionSet, write_predictions
+from hpa_pipeline.io.thresholds import write_thresholds
+from hpa_pipeline.labels import TASK_IMAGES, class_names
 from hpa_pipeline.submit.evaluation_images import evaluate_images_run, reference_labels
 from hpa_pipeline.submit.image_predictions import write_image_predictions
-from hpa_pipeline.submit.thresholds import write_thresholds
 
 
 def test_references_draw_chance_by_frequency_and_the_most_frequent_classes():
@@ -49,7 +50,7 @@ def test_macro_f1_rows_with_and_without_thresholds(tmp_path):
     _oof(tmp_path / "m.zarr", ids, probs)
     thresholds = np.full(28, 0.5)
     thresholds[0] = 0.2
-    write_thresholds(tmp_path / "t.csv", thresholds, [str(c) for c in range(28)], np.full(28, np.nan), "f1")
+    write_thresholds(tmp_path / "t.csv", thresholds, class_names(TASK_IMAGES), np.full(28, np.nan), "f1")
     test_probs = np.zeros((2, 28))
     test_probs[0, 0], test_probs[1, 1] = 0.3, 0.7
     write_image_predictions(tmp_path / "p.csv", ["x", "y"], test_probs, thresholds)

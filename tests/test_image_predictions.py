@@ -5,13 +5,14 @@ from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.cells import CellTable
 from hpa_pipeline.io.index import write_index
 from hpa_pipeline.io.predictions import PredictionSet, write_predictions
+from hpa_pipeline.io.thresholds import write_thresholds
+from hpa_pipeline.labels import TASK_IMAGES, class_names
 from hpa_pipeline.submit.image_predictions import (
     make_image_predictions,
     make_submission_2018,
     read_image_predictions,
     write_image_predictions,
 )
-from hpa_pipeline.submit.thresholds import write_thresholds
 
 
 def _store(path, ids, image_probs):
@@ -47,7 +48,7 @@ def test_members_are_averaged_and_the_2018_submission_follows_the_sample_order(t
     _store(tmp_path / "one.zarr", ids, one)
     _store(tmp_path / "two.zarr", list(reversed(ids)), two[::-1])  # joined by ID, not by position
     write_index(tmp_path / "index.csv", pd.DataFrame({"ID": ids, "shard": 0, "Label": "", "dataset": "test"}))
-    write_thresholds(tmp_path / "t.csv", np.full(28, 0.6), [str(c) for c in range(28)], np.full(28, np.nan), "fixed")
+    write_thresholds(tmp_path / "t.csv", np.full(28, 0.6), class_names(TASK_IMAGES), np.full(28, np.nan), "fixed")
     make_image_predictions(
         [tmp_path / "one.zarr", tmp_path / "two.zarr"],
         tmp_path / "index.csv",

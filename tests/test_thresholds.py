@@ -6,8 +6,6 @@ from hpa_pipeline.submit.thresholds import (
     best_f1_threshold,
     fit_thresholds,
     label_ratio_threshold,
-    read_thresholds,
-    write_thresholds,
 )
 
 
@@ -34,15 +32,11 @@ def test_label_ratio_threshold_predicts_the_training_share():
     assert label_ratio_threshold(scores, 0.0) == 0.5
 
 
-def test_fit_thresholds_by_method_and_file_round_trip(tmp_path):
+def test_fit_thresholds_by_method():
     truth = np.array([[1, 0], [0, 1], [1, 1]], dtype=bool)
     scores = np.array([[0.9, 0.2], [0.3, 0.7], [0.8, 0.6]])
     assert fit_thresholds(truth, scores, "fixed", 0.3).tolist() == [0.3, 0.3]
     fitted = fit_thresholds(truth, scores, "f1")
     assert fitted.tolist() == pytest.approx([0.55, 0.4])
-    write_thresholds(tmp_path / "t.csv", fitted, ("a", "b"), np.array([1.0, np.nan]), "f1")
-    assert read_thresholds(tmp_path / "t.csv", 2).tolist() == pytest.approx([0.55, 0.4])
-    with pytest.raises(InputDataError, match="2 thresholds, the task has 28 classes"):
-        read_thresholds(tmp_path / "t.csv", 28)
     with pytest.raises(InputDataError, match="unknown threshold method 'best'"):
         fit_thresholds(truth, scores, "best")

@@ -5,6 +5,10 @@ average -> area scaling) run shard by shard with the stages' own functions, neve
 Each shard's stores live in ``OUT/.work/shard-K`` only while the shard is annotated, so disk and
 memory stay flat in the number of images. A killed run resumes: the writer keeps every finished
 image, and a shard whose images are all finished is skipped.
+
+The workflow's annotate mode (rules/annotate.smk) runs the same path as jobs: the preprocessing rules,
+then :func:`predict_member_shard` per member, fold and shard, :func:`annotate_shard` per shard and
+:func:`merge_shards` once, into the same ``OUT/`` layout.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +28,25 @@ import numpy as np
 
 from hpa_pipeline import __version__
 from hpa_pipeline.annotate.outputs import AnnotationWriter, ImageAnnotation
-from hpa_pipeline.bundle import Bundle, load_member_model
+from hpa_pipeline.annotate.plan import StoreSizes, store_sizes
+from hpa_pipeline.bundle import Bundle, BundleMember, load_member_model
 from hpa_pipeline.data.index import index_image_folder
+from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.channels import CHANNELS, channel_path, read_channel_raw
-from hpa_pipeline.io.index import shard_ids, write_index
+from hpa_pipeline.io.files import replace_directory
+from hpa_pipeline.io.index import read_index, shard_ids, write_index
 from hpa_pipeline.io.masks import read_labels
-from hpa_pipeline.io.predictions import PredictionSet, align_to_cells, average_predictions, select_images
+from hpa_pipeline.io.predictions import (
+    PredictionSet,
+    align_to_cells,
+    average_predictions,
+    read_predictions,
+    select_images,
+)
 from hpa_pipeline.io.stores import open_store
 from hpa_pipeline.nets.devices import claim_device, configure_threads
-from hpa_pipeline.predict import predict_model
+from hpa_pipeline.predict import predict_model, write_model_predictions
 from hpa_pipeline.preprocess.crops import crop_shard
 from hpa_pipeline.preprocess.masks import resize_masks_shard, segment_shard
 from hpa_pipeline.preprocess.resize import resize_shard
@@ -73,15 +86,6 @@ class _ShardStores:
         return self.root / f"crops_{size}.zarr"
 
 
-@dataclass(frozen=True)
-class _Sizes:
-    """The sizes each kind of store is needed at by the bundle's members (and its segmentation input)."""
-
-    images: tuple[int, ...]
-    masks: tuple[int, ...]
-    crops: tuple[int, ...]
-
-
 @dataclass
 class AnnotationSummary:
     """What one call of :func:`annotate_folder` did: images annotated now, images a killed run had finished,
@@ -99,17 +103,6 @@ class AnnotationSummary:
             yield
         finally:
             self.seconds[stage] += time.perf_counter() - start
-
-
-def _needed_sizes(bundle: Bundle) -> _Sizes:
-    needs: dict[str, set[int]] = {"images": set(), "masks": set(), "crops": set()}
-    for member in bundle.members:
-        for store in model_stores(member.settings.kind, bundle.task):
-            needs[store].add(member.settings.image_size)
-    images = needs["images"] | needs["crops"]
-    if bundle.task != "hpa2018-images" and bundle.segment["source"] != "original":
-        images.add(int(bundle.segment["source"]))
-    return _Sizes(tuple(sorted(images)), tuple(sorted(needs["masks"] | needs["crops"])), tuple(sorted(needs["crops"])))
 
 
 def run_key(bundle: Bundle, images_per_shard: int) -> str:
@@ -146,25 +139,11 @@ def annotate_folder(
         The images annotated in this call (finished images of a killed run are kept) and the time per stage.
     """
     index = index_image_folder(input_dir, images_per_shard, DATASET)
-    sizes = _needed_sizes(bundle)
+    sizes = store_sizes(bundle.manifest)
     work = out_dir / ".work"
-    provenance = {
-        "hpa_pipeline_version": __version__,
-        "bundle": str(bundle.root),
-        "bundle_version": bundle.version,
-        "input_dir": str(Path(input_dir).resolve()),
-        "images_per_shard": images_per_shard,
-    }
     configure_threads(threads)
     summary = AnnotationSummary()
-    writer = AnnotationWriter(
-        out_dir,
-        task=bundle.task,
-        class_names=bundle.class_names,
-        class_thresholds=bundle.class_thresholds,
-        run_key=run_key(bundle, images_per_shard),
-        provenance=provenance,
-    )
+    writer = _writer(bundle, out_dir, input_dir, images_per_shard)
     try:
         shards = sorted(set(index["shard"]))
         for shard in progress(shards, "annotate", total=len(shards), unit="shard"):
@@ -180,7 +159,7 @@ def annotate_folder(
             with summary.timing("predict"):
                 average = _predict(bundle, stores, device)
             with summary.timing("write"):
-                for image in _annotations(bundle, input_dir, ids, stores, average):
+                for image in _annotations(bundle, input_dir, ids, DATASET, average, stores.cells(), stores.masks()):
                     writer.add(image)
                     summary.annotated += 1
             shutil.rmtree(stores.root)
@@ -218,7 +197,7 @@ def _preprocess(
     input_dir: Path,
     ids: Sequence[str],
     stores: _ShardStores,
-    sizes: _Sizes,
+    sizes: StoreSizes,
     device: str,
     threads: int,
     weights_dir: Path | None,
@@ -287,15 +266,22 @@ def _original_channels(input_dir: Path, image_id: str) -> np.ndarray:
 
 
 def _annotations(
-    bundle: Bundle, input_dir: Path, ids: Sequence[str], stores: _ShardStores, average: PredictionSet
-) -> list[ImageAnnotation]:
+    bundle: Bundle,
+    input_dir: Path,
+    ids: Sequence[str],
+    dataset: str,
+    average: PredictionSet,
+    cells_path: Path | None,
+    masks_path: Path | None,
+) -> Iterator[ImageAnnotation]:
+    """Each image's annotation, one at a time (a shard's original channels never sit in memory together)."""
     n_classes = len(bundle.class_names)
-    image_probs = select_images(average, [(DATASET, image_id) for image_id in ids], "averaged predictions")
+    image_probs = select_images(average, [(dataset, image_id) for image_id in ids], "averaged predictions")
     image_probs = image_probs.image_probs[:, :, 0]
     if bundle.task == "hpa2018-images":
         empty = np.zeros(0)
-        return [
-            ImageAnnotation(
+        for row, image_id in enumerate(ids):
+            yield ImageAnnotation(
                 image_id=image_id,
                 channels=_original_channels(input_dir, image_id),
                 labels=None,
@@ -307,28 +293,169 @@ def _annotations(
                 area_factor=empty.astype(np.float64),
                 image_probabilities=image_probs[row],
             )
-            for row, image_id in enumerate(ids)
-        ]
-    table = read_cell_table(stores.cells())
-    cells = align_to_cells(average, table, f"averaged predictions vs {stores.cells()}")
+        return
+    table = read_cell_table(cells_path)
+    if list(table.ids) != list(ids):
+        raise InputDataError(f"{cells_path} holds images {list(table.ids)[:3]}..., the shard {list(ids)[:3]}...")
+    cells = align_to_cells(average, table, f"averaged predictions vs {cells_path}")
     factor = area_scale(table.area, table.touches_edge, bundle.edge_area_threshold, bundle.center_area_threshold)
-    masks = open_store(stores.masks(), "masks")
-    annotations = []
+    masks = open_store(masks_path, "masks")
     for row, image_id in enumerate(table.ids):
         height, width = (int(v) for v in table.source_shape[row])
         rows = slice(table.offsets[row], table.offsets[row + 1])
-        annotations.append(
-            ImageAnnotation(
-                image_id=image_id,
-                channels=_original_channels(input_dir, image_id),
-                labels=read_labels(masks, row, (height, width)),
-                instance=table.instance[rows],
-                bbox=table.bbox[rows],
-                area=table.area[rows],
-                touches_edge=table.touches_edge[rows],
-                probabilities=cells.probs[rows, :, 0],
-                area_factor=factor[rows],
-                image_probabilities=image_probs[row],
-            )
+        yield ImageAnnotation(
+            image_id=image_id,
+            channels=_original_channels(input_dir, image_id),
+            labels=read_labels(masks, row, (height, width)),
+            instance=table.instance[rows],
+            bbox=table.bbox[rows],
+            area=table.area[rows],
+            touches_edge=table.touches_edge[rows],
+            probabilities=cells.probs[rows, :, 0],
+            area_factor=factor[rows],
+            image_probabilities=image_probs[row],
         )
-    return annotations
+
+
+# ------------------------------------------------------------------------------------ the workflow's jobs
+
+
+def predict_member_shard(
+    bundle: Bundle, member: str, fold: int, data: ModelData, out_path: Path, device: str = "auto", threads: int = 1
+) -> None:
+    """One member's fold on one shard's stores, written as a prediction store: the workflow's job
+    ``annotate_predict`` (the engine keeps the same predictions in memory).
+
+    Args:
+        bundle: the verified bundle.
+        member: the member's name.
+        fold: its fold.
+        data: the shard's index (its images in order) and, in task hpa2021-cells, cell table, plus the
+            stores the member reads at its size.
+        out_path: the prediction store to write.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        threads: CPU threads of torch.
+    """
+    chosen = _member(bundle, member)
+    configure_threads(threads)
+    with claim_device(device) as claim:
+        model = load_member_model(chosen, fold, claim.torch_device)
+        predictions, predicted_views = predict_model(model, chosen.settings, data)
+    write_model_predictions(out_path, predictions, predicted_views, chosen.settings)
+
+
+def annotate_shard(
+    bundle: Bundle,
+    input_dir: Path,
+    index_path: Path,
+    predictions: Sequence[Path],
+    out_dir: Path,
+    *,
+    images_per_shard: int,
+    cells_path: Path | None = None,
+    masks_path: Path | None = None,
+) -> None:
+    """Average a shard's predictions of every member and fold, scale by area and write each image's
+    outputs into ``out_dir`` (the layout of ``OUT/`` without the tables): the workflow's job
+    ``annotate_shard``. The folder is put in place whole when every image is written.
+
+    Args:
+        bundle: the verified bundle.
+        input_dir: the original images (the OME-Zarr images keep their pixels and bit depth).
+        index_path: the shard's index (its images in order).
+        predictions: the prediction stores of every member and fold, members in the bundle's order, folds
+            in order (the order the engine averages in).
+        out_dir: the shard's annotation folder.
+        images_per_shard: the run's shard size (part of the run key).
+        cells_path: the shard's cell table store (task hpa2021-cells).
+        masks_path: the shard's segmentation store (task hpa2021-cells).
+    """
+    index = read_index(index_path)
+    datasets = sorted(set(index["dataset"]))
+    if len(datasets) != 1:
+        raise InputDataError(f"{index_path}: the index of one shard of one dataset, not {datasets}")
+    average = average_predictions([read_predictions(path) for path in predictions], [str(path) for path in predictions])
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # a killed job's
+    try:
+        writer = _writer(bundle, partial, input_dir, images_per_shard)
+        ids = index["ID"].tolist()
+        for image in _annotations(
+            bundle, input_dir, ids, datasets[0] if datasets else DATASET, average, cells_path, masks_path
+        ):
+            writer.add(image)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    replace_directory(partial, out_dir)
+
+
+def merge_shards(
+    bundle: Bundle,
+    input_dir: Path,
+    index_path: Path,
+    shard_dirs: Sequence[Path],
+    out_dir: Path,
+    *,
+    images_per_shard: int,
+) -> None:
+    """Join the shards' annotation folders (:func:`annotate_shard`) into ``out_dir``, the layout of
+    ``hpa-pipeline annotate``'s ``OUT/``: each image's outputs hard-linked in (copied across file systems),
+    in index order, then the tables, ``annotation.json`` and the gallery. ``out_dir`` is put in place whole.
+
+    Args:
+        bundle: the verified bundle.
+        input_dir: the original images' folder (provenance).
+        index_path: the folder's index; shard k of it is ``shard_dirs[k]``.
+        shard_dirs: every shard's annotation folder, in shard order.
+        out_dir: the annotations folder to write (replaced whole).
+        images_per_shard: the run's shard size (part of the run key).
+    """
+    index = read_index(index_path)
+    shards = sorted(set(index["shard"]))
+    if shards != list(range(len(shard_dirs))):
+        raise InputDataError(f"{index_path} has {len(shards)} shard(s), {len(shard_dirs)} shard folder(s) were given")
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # a killed job's
+    try:
+        writer = _writer(bundle, partial, input_dir, images_per_shard)
+        for shard, folder in zip(shards, shard_dirs, strict=True):
+            for image_id in shard_ids(index, shard):
+                writer.adopt(Path(folder), image_id)
+        writer.close()
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    replace_directory(partial, out_dir)
+
+
+def _member(bundle: Bundle, name: str) -> BundleMember:
+    for member in bundle.members:
+        if member.name == name:
+            return member
+    raise InputDataError(
+        f"bundle {bundle.root} has no member {name!r} (members: {', '.join(m.name for m in bundle.members)})"
+    )
+
+
+def _provenance(bundle: Bundle, input_dir: Path, images_per_shard: int) -> Mapping[str, object]:
+    return {
+        "hpa_pipeline_version": __version__,
+        "bundle": str(bundle.root),
+        "bundle_version": bundle.version,
+        "input_dir": str(Path(input_dir).resolve()),
+        "images_per_shard": images_per_shard,
+    }
+
+
+def _writer(bundle: Bundle, out_dir: Path, input_dir: Path, images_per_shard: int) -> AnnotationWriter:
+    return AnnotationWriter(
+        out_dir,
+        task=bundle.task,
+        class_names=bundle.class_names,
+        class_thresholds=bundle.class_thresholds,
+        run_key=run_key(bundle, images_per_shard),
+        provenance=_provenance(bundle, input_dir, images_per_shard),
+    )

@@ -2,7 +2,9 @@
 
 An :class:`AnnotationWriter` receives one :class:`ImageAnnotation` per image. ``add`` writes that
 image's OME-Zarr, overview PNG and table parts at once; ``close`` joins the parts into the tables and
-the gallery. docs/annotations.md lists every file and column.
+the gallery. In the workflow mode each shard's job adds its images to a writer of its own folder, and
+the merge job's writer ``adopt``s them all before it closes. docs/annotations.md lists every file and
+column.
 
 Layout of ``OUT/``::
 
@@ -205,6 +207,33 @@ class AnnotationWriter:
             shutil.rmtree(staging, ignore_errors=True)
         self._remember(image_id)
 
+    def adopt(self, folder: Path, image_id: str) -> None:
+        """Take over an image that a writer of the same run key finished in ``folder`` without closing it
+        (a shard of the workflow mode): its outputs are hard-linked into place (copied where ``folder`` lies
+        on another file system), the done mark last, and ``close`` lists it in the order adopted.
+
+        Raises:
+            InputDataError: ``folder`` holds another run's annotations, or not every output of the image.
+        """
+        folder = Path(folder)
+        key_file = folder / ".parts" / _RUN_KEY_FILE
+        found = key_file.read_text().strip() if key_file.is_file() else None
+        if found != self.run_key:
+            raise InputDataError(f"{folder} holds annotations of run key {found}, this run's is {self.run_key}")
+        sources = _image_paths(folder, self.task, image_id)
+        missing = [str(path) for path in sources if not path.exists()]
+        if missing:
+            raise InputDataError(f"{folder}: image {image_id} is not finished there (missing {missing[0]})")
+        for source, target in zip(sources, self._image_outputs(image_id), strict=True):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(source, target, copy_function=_link_or_copy)
+            else:
+                target.unlink(missing_ok=True)
+                _link_or_copy(source, target)
+        self._remember(image_id)
+
     def close(self) -> None:
         """Write the tables, ``annotation.json`` and ``overview/index.html`` from the parts of every
         image given (added or found done), in the order they were given."""
@@ -275,17 +304,13 @@ class AnnotationWriter:
             self._order.append(image_id)
 
     def _image_part(self, image_id: str) -> Path:
-        return self._parts / f"{image_id}.image.parquet"
+        return _image_part(self.out_dir, image_id)
 
     def _cell_part(self, image_id: str) -> Path:
-        return self._parts / f"{image_id}.cells.parquet"
+        return _cell_part(self.out_dir, image_id)
 
     def _image_outputs(self, image_id: str) -> list[Path]:
-        """The image's outputs in the order ``add`` renames them; the image part, its done mark, last."""
-        zarr_path = self.out_dir / "images" / f"{image_id}.ome.zarr"
-        png = self.out_dir / "overview" / f"{image_id}.png"
-        cells = [self._cell_part(image_id)] if self.task == TASK_CELLS else []
-        return [zarr_path, png, *cells, self._image_part(image_id)]
+        return _image_paths(self.out_dir, self.task, image_id)
 
     def _cell_frame(self, image: ImageAnnotation) -> pd.DataFrame:
         """The cell table of one image (every column, also when it has no cell)."""
@@ -409,6 +434,31 @@ class AnnotationWriter:
             + "\n".join(figures)
             + "\n</body></html>\n"
         )
+
+
+def _image_part(out_dir: Path, image_id: str) -> Path:
+    return out_dir / ".parts" / f"{image_id}.image.parquet"
+
+
+def _cell_part(out_dir: Path, image_id: str) -> Path:
+    return out_dir / ".parts" / f"{image_id}.cells.parquet"
+
+
+def _image_paths(out_dir: Path, task: str, image_id: str) -> list[Path]:
+    """An image's outputs under ``out_dir`` in the order ``add`` renames them; the image part, its done
+    mark, last."""
+    zarr_path = out_dir / "images" / f"{image_id}.ome.zarr"
+    png = out_dir / "overview" / f"{image_id}.png"
+    cells = [_cell_part(out_dir, image_id)] if task == TASK_CELLS else []
+    return [zarr_path, png, *cells, _image_part(out_dir, image_id)]
+
+
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    """A hard link of ``source`` at ``target``; a copy where the two lie on different file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _score_column(class_name: str) -> str:

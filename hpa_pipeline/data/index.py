@@ -14,7 +14,7 @@ import pandas as pd
 
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.channels import CHANNELS, IMAGE_SUFFIXES
-from hpa_pipeline.io.index import read_index
+from hpa_pipeline.io.index import read_index, write_index
 from hpa_pipeline.labels import TASK_CELLS, read_label_table
 
 
@@ -126,3 +126,26 @@ def index_image_folder(image_dir: str | Path, images_per_shard: int, dataset: st
     return pd.DataFrame(
         {"ID": ids, "shard": [row // images_per_shard for row in range(len(ids))], "Label": "", "dataset": dataset}
     )
+
+
+def write_folder_index(
+    image_dir: str | Path, images_per_shard: int, dataset: str, out: Path, shard_outs: Sequence[Path]
+) -> pd.DataFrame:
+    """Index a folder without a table (:func:`index_image_folder`) into ``out``, and each shard's rows into
+    its own file (``shard_outs[k]`` for shard k), for the jobs that read one shard's images in order.
+
+    Raises:
+        InputDataError: as :func:`index_image_folder`; or the folder makes another number of shards than
+            ``shard_outs`` names (images were added or removed since the workflow started: start it again).
+    """
+    index = index_image_folder(image_dir, images_per_shard, dataset)
+    n_shards = int(index["shard"].max()) + 1
+    if n_shards != len(shard_outs):
+        raise InputDataError(
+            f"{image_dir} now makes {n_shards} shard(s) of {images_per_shard} images, the workflow planned "
+            f"{len(shard_outs)}: images were added or removed since it started; start it again"
+        )
+    for shard, path in enumerate(shard_outs):
+        write_index(path, index[index["shard"] == shard])
+    write_index(out, index)
+    return index

@@ -24,10 +24,11 @@ import numpy as np
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.files import atomic_file, write_text_atomic
 from hpa_pipeline.io.folds import read_labelled_images
+from hpa_pipeline.io.thresholds import read_thresholds
 from hpa_pipeline.kaggle.images2018 import labels_matrix, macro_f1, per_class_f1, read_submission_2018
 from hpa_pipeline.labels import class_names, read_train_table_2018
 from hpa_pipeline.submit.image_predictions import read_image_predictions
-from hpa_pipeline.submit.thresholds import fit_thresholds, mean_image_probs, read_thresholds
+from hpa_pipeline.submit.thresholds import fit_thresholds, mean_image_probs
 
 
 def reference_labels(train_truth: np.ndarray, n_images: int, seed: int) -> dict[str, np.ndarray]:
@@ -106,7 +107,7 @@ def evaluate_images_run(
             results[group][name] = {"stage": stage, "out_of_fold": scores}
             summary.append((group[:-1], name, stage, "out-of-fold (train)", scores))
     stage = max([s for s, _ in models.values()], default=1)
-    thresholds = read_thresholds(thresholds_path, n)
+    thresholds = read_thresholds(thresholds_path, class_names(task))
     if members:
         scores = _scores(train_truth, mean_image_probs(members, images.image_keys()), thresholds)
         results["members_average"] = scores

@@ -20,9 +20,10 @@ import numpy as np
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.files import write_text_atomic
 from hpa_pipeline.io.index import index_keys, read_index
+from hpa_pipeline.io.thresholds import read_thresholds
 from hpa_pipeline.kaggle.images2018 import format_labels, write_submission_2018
-from hpa_pipeline.labels import CLASS_TOKEN, n_classes, read_label_table
-from hpa_pipeline.submit.thresholds import mean_image_probs, read_thresholds
+from hpa_pipeline.labels import CLASS_TOKEN, class_names, read_label_table
+from hpa_pipeline.submit.thresholds import mean_image_probs
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def make_image_predictions(
     index = read_index(index_path)
     ids = index["ID"].tolist()
     probs = mean_image_probs(prediction_paths, index_keys(index))
-    thresholds = read_thresholds(thresholds_path, n_classes(task))
+    thresholds = read_thresholds(thresholds_path, class_names(task))
     if probs.shape[1] != len(thresholds):
         raise InputDataError(f"the predictions have {probs.shape[1]} classes, {thresholds_path} {len(thresholds)}")
     write_image_predictions(out_path, ids, probs, thresholds)

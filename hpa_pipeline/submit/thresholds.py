@@ -10,8 +10,6 @@ threshold can be fitted to it.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from hpa_pipeline.errors import InputDataError
-from hpa_pipeline.io.files import write_text_atomic
 from hpa_pipeline.io.folds import read_labelled_images
 from hpa_pipeline.io.predictions import average_predictions, read_predictions, select_images
+from hpa_pipeline.io.thresholds import write_thresholds
 from hpa_pipeline.kaggle.images2018 import per_class_f1
 from hpa_pipeline.labels import class_names
 
@@ -86,37 +84,6 @@ def fit_thresholds(truth: np.ndarray, scores: np.ndarray, method: str = "f1", va
         ratios = truth.mean(axis=0) if len(truth) else np.zeros(truth.shape[1])
         return np.array([label_ratio_threshold(scores[:, c], ratios[c]) for c in range(truth.shape[1])])
     raise InputDataError(f"unknown threshold method {method!r} (methods: {', '.join(METHODS)})")
-
-
-def write_thresholds(path: Path, thresholds: np.ndarray, names: Sequence[str], f1: np.ndarray, method: str) -> None:
-    """The thresholds CSV: ``class``, ``name``, ``threshold``, ``oof_f1`` (F1 at it on the OOF), ``method``."""
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["class", "name", "threshold", "oof_f1", "method"])
-    for c, (threshold, name) in enumerate(zip(thresholds, names)):
-        writer.writerow([c, name, f"{threshold:.6f}", "" if np.isnan(f1[c]) else f"{f1[c]:.6f}", method])
-    write_text_atomic(path, text.getvalue())
-
-
-def read_thresholds(path: str | Path, n_classes: int) -> np.ndarray:
-    """(n_classes,) thresholds from a CSV written by :func:`write_thresholds`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputDataError(f"missing thresholds {path}")
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if len(rows) != n_classes:
-        raise InputDataError(f"{path}: {len(rows)} thresholds, the task has {n_classes} classes")
-    values = []
-    for number, row in enumerate(rows, start=2):
-        try:
-            value = float(row["threshold"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputDataError(f"{path} row {number}: no numeric threshold") from exc
-        if not 0 <= value <= 1:
-            raise InputDataError(f"{path} row {number}: threshold {value} outside 0..1")
-        values.append(value)
-    return np.array(values)
 
 
 def mean_image_probs(paths: Sequence[Path], keys: Sequence[tuple[str, str]]) -> np.ndarray:
