@@ -12,6 +12,7 @@ rule index_folder:
         shards=[annotate_shard_index(shard) for shard in shards(ANNOTATE_DATASET)],
     params:
         images_per_shard=ANNOTATE_SETTINGS["images_per_shard"],
+        dataset=ANNOTATE_DATASET,
     log:
         "logs/index_folder/index_folder.log",
     benchmark:
@@ -20,8 +21,7 @@ rule index_folder:
         "../envs/pipeline.yaml"
     shell:
         "hpa-pipeline index-folder --images {input} --images-per-shard {params.images_per_shard} "
-        f"--dataset {ANNOTATE_DATASET} "
-        "--out {output.index} --out-shards {output.shards} > {log} 2>&1"
+        "--dataset {params.dataset} --out {output.index} --out-shards {output.shards} > {log} 2>&1"
 
 
 rule prepare_bundle:

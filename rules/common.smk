@@ -43,7 +43,9 @@ def _annotate_plan(key, plan, *args):
     """What the annotate mode plans from its bundle's manifest or its folder's listing; an error names the key."""
     try:
         return plan(*args)
-    except (ConfigError, InputDataError) as error:
+    except ConfigError as error:
+        raise WorkflowError(f"invalid configuration: {error}")
+    except InputDataError as error:
         raise WorkflowError(f"invalid configuration: {ANNOTATE}.{key}: {error}")
 
 

@@ -8,6 +8,7 @@ runs the DAG and finds the CLI's tables byte for byte.
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,30 @@ def test_the_annotate_config_lints_clean(workdir, bundles):
     config = write_config(workdir, bundles["hpa2021-cells"])
     result = snakemake(workdir, "--lint", "--configfile", config)
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_an_hpacellseg_bundle_takes_its_weights_from_segment_weights(workdir, bundles, tmp_path):
+    bundle = tmp_path / "hpacellseg-bundle"
+    shutil.copytree(bundles["hpa2021-cells"], bundle)
+    manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
+    manifest["segment"].update(
+        backend="hpacellseg", nuclei_model="nuclei.pth", nuclei_model_sha256="a" * 64, cell_model="cell.pth",
+        cell_model_sha256="b" * 64,
+    )  # fmt: skip
+    (bundle / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    refused = snakemake(workdir, "annotations", "-n", "--configfile", write_config(workdir, bundle), check=False)
+    assert refused.returncode != 0
+    assert (
+        "invalid configuration: annotate.segment_weights: the bundle segments with hpacellseg; name the folder of "
+        "its weight files (nuclei.pth, cell.pth" in refused.stdout + refused.stderr
+    )
+    (workdir / "weights").mkdir()
+    config = write_config(workdir, bundle, segment_weights="weights")
+    planned = snakemake(workdir, "annotations", "-n", "-p", "--configfile", config)
+    assert (
+        f"--backend hpacellseg --nuclei-model weights/nuclei.pth --nuclei-model-sha256 {'a' * 64} "
+        f"--cell-model weights/cell.pth --cell-model-sha256 {'b' * 64}"
+    ) in planned.stdout
 
 
 @pytest.mark.parametrize(
