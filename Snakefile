@@ -45,6 +45,12 @@ rule submission:
     default_target: True
 
 
+# What each ensemble and each submission member alone would submit (with truth, evaluate scores them).
+rule stage_submissions:
+    input:
+        lambda wildcards: stage_submission_outputs(),
+
+
 # Not part of submission: the trained run as one portable bundle for annotating new images (docs/bundle.md).
 rule bundle:
     input:
