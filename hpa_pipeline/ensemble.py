@@ -145,7 +145,7 @@ def _moves(weights: np.ndarray, member: int, step: float) -> list[np.ndarray]:
     """``weights`` with ``step`` of the total moved towards ``member``, and with up to ``step`` taken from it."""
     towards = (1 - step) * weights
     towards[member] += step
-    moves = [towards]
+    moves = [] if np.array_equal(towards, weights) else [towards]
     taken = min(step, weights[member])
     if 0 < taken < 1:
         away = weights.copy()

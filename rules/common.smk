@@ -365,8 +365,6 @@ METRICS_PLOT = "results/report/metrics.png"
 THRESHOLDS_CSV = "results/thresholds.csv"
 IMAGE_PREDICTIONS_CSV = "results/image_predictions.csv"
 THRESHOLDS = config.get("thresholds") or {"method": "f1", "value": 0.5}
-
-
 SUBMISSION_WEIGHTS = "results/submission_weights.csv"
 
 

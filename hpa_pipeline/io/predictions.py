@@ -223,16 +223,18 @@ def rank_matched(members: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarr
     Returns:
         (n, C) float64 combined scores.
     """
-    stacked = np.stack([np.asarray(member, dtype=np.float64) for member in members])
-    plain = stacked.mean(axis=0)
-    n_rows = stacked.shape[1]
-    if n_rows < 2:
-        return plain
-    ranks = (rankdata(stacked, method="average", axis=1) - 1) / (n_rows - 1)
-    average_rank = np.tensordot(np.asarray(weights, dtype=np.float64), ranks, axes=1)
-    order = np.lexsort((np.broadcast_to(np.arange(n_rows)[:, None], plain.shape), plain, average_rank), axis=0)
-    combined = np.empty_like(plain)
-    np.put_along_axis(combined, order, np.sort(plain, axis=0), axis=0)
+    weights = np.asarray(weights, dtype=np.float64)
+    n_rows, n_classes = np.shape(members[0])
+    rows = np.arange(n_rows)
+    combined = np.empty((n_rows, n_classes))
+    for c in range(n_classes):  # one class at a time: a split's cells times members fit in memory
+        scores = np.stack([np.asarray(member)[:, c] for member in members]).astype(np.float64)
+        plain = scores.mean(axis=0)
+        if n_rows < 2:
+            combined[:, c] = plain
+            continue
+        average_rank = weights @ ((rankdata(scores, method="average", axis=1) - 1) / (n_rows - 1))
+        combined[np.lexsort((rows, plain, average_rank)), c] = np.sort(plain)
     return combined
 
 
