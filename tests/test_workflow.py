@@ -49,7 +49,7 @@ def test_demo_writes_a_valid_submission_and_its_metrics(demo_run):
     # the stage submissions (each ensemble, each submission member alone) follow the submission's row
     config = yaml.safe_load((demo_run / "configs/demo.yaml").read_text())
     stages = [*config["ensembles"], *config["submission"]["members"]]
-    assert [tuple(row.split("\t")[:4]) for row in summary[12:19]] == [("submission", "submission.csv", "3", "test")] + [
+    assert [tuple(row.split("\t")[:4]) for row in summary[13:20]] == [("submission", "submission.csv", "3", "test")] + [
         ("stage_submission", name, str(1 if name == "stage1" else 2 if name == "stage2" else 3), "test")
         for name in stages
     ]
