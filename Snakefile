@@ -60,6 +60,11 @@ else:
             submission_outputs(),
         default_target: True
 
+    # What each ensemble and each submission member alone would submit (with truth, evaluate scores them).
+    rule stage_submissions:
+        input:
+            lambda wildcards: stage_submission_outputs(),
+
     # Not part of submission: the trained run as one portable bundle for annotating new images (docs/bundle.md).
     rule bundle:
         input:

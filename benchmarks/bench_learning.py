@@ -1,18 +1,28 @@
-"""Does the learning core learn, and do pseudo labels help? The workflow on a larger synthetic set.
+"""Does the learning core learn, do the stages help, and does each ensemble beat its best member on
+images no fit has seen? The workflow on larger synthetic sets, several seeds.
 
-    python benchmarks/bench_learning.py [--train 96] [--epochs 16] [--cores 2] [--keep DIR]
+    python benchmarks/bench_learning.py [--config learning|demo] [--seeds 0 1 2] [--train 96] [--test 4]
+        [--image-size 512] [--epochs 16] [--method mean|rank_mean|weights] [--cores 2] [--keep DIR]
 
 The demo (24 training images, 2 epochs) only proves the DAG: its models sit near the metric's chance
 level. This runs the real workflow (Snakemake, `configs/demo.yaml` as the base) on a larger synthetic
-dataset with longer training and two stages:
+dataset with longer training, once per seed (the seed of the data, the folds and the training), with
+one of two shapes:
 
-* stage 1: a CAM model on the image labels, and a cell-crop model whose targets are the image labels
-  copied to every cell (the weak-label baseline);
-* stage 2: the same two architectures trained on the stage-1 CAM model's out-of-fold cell predictions
-  (pseudo labels), as in the original solution.
+* ``learning`` (default): stage 1 = a CAM model on the image labels and a cell-crop model whose targets
+  are the image labels copied to every cell (the weak-label baseline); stage 2 = the same two
+  architectures trained on the stage-1 CAM model's out-of-fold cell predictions (pseudo labels);
+* ``demo``: the demo's three stages (models, ensembles and submission as in configs/demo.yaml).
 
-It prints the wall time and the cell-level competition metric of every model (out-of-fold on the
-training images) next to the chance and ceiling references of the same segmentation.
+``--method`` sets ``ensemble.method`` (how every ensemble and the submission combine their members).
+The protocol: every fit (training, pseudo labels, member weights, thresholds) sees the training images
+only; models and ensembles are scored out of fold on them, and the submission and every stage
+submission (what each ensemble and each submission member alone would submit) on the test images.
+The test rows are the honest comparison.
+
+It prints the wall time of each seed's run, then per row (every model and ensemble out of fold, every
+stage submission and the submission on test, the references) the mean and the sample standard
+deviation of the cell-level competition metric over the seeds, as a Markdown table.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,12 +41,26 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "workflow_config.yaml", "rules", "schemas", "envs", "configs", "profiles", "report")
+#: The side of the demo's fields, for which its area thresholds are set.
+DEMO_IMAGE_SIZE = 512
 
 
-def learning_config(n_train: int, epochs: int) -> dict:
-    """The demo configuration with a larger dataset, longer training and the two-stage comparison."""
+def learning_config(
+    shape: str, n_train: int, n_test: int, image_size: int, epochs: int, seed: int, method: str
+) -> dict:
+    """The demo configuration with a larger dataset, longer training, ``seed`` and ``ensemble.method``;
+    shape ``learning`` replaces its stages with the two-stage comparison."""
     config = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
-    config["demo_data"].update(n_train=n_train, n_test=4, empty_test_images=0)
+    config["seed"] = seed
+    config["ensemble"] = {"method": method}
+    config["demo_data"].update(n_train=n_train, n_test=n_test, image_size=image_size, empty_test_images=0)
+    area = (image_size / DEMO_IMAGE_SIZE) ** 2  # the thresholds are areas in pixels of the fields
+    for key in ("edge_area_threshold", "center_area_threshold"):
+        config["submission"][key] = round(config["submission"][key] * area)
+    if shape == "demo":
+        for kind in ("image", "cell"):
+            config["model_defaults"][kind]["epochs"] = epochs
+        return config
     for kind, batch_size in (("image", 8), ("cell", 64)):
         config["model_defaults"][kind].update(epochs=epochs, batch_size=batch_size, lr=0.003, warmup_epochs=1)
     config["models"] = {
@@ -49,45 +74,70 @@ def learning_config(n_train: int, epochs: int) -> dict:
     return config
 
 
+def run_seed(work: Path, config: dict, cores: int) -> tuple[list[dict], float]:
+    """Run the workflow up to the metrics in ``work``; the metrics rows and the wall time."""
+    work.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source, target = REPO / name, work / name
+        if not target.exists():
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+    config_path = work / "configs/learning.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake = str(Path(sys.executable).parent / "snakemake")
+    command = [snakemake, "results/metrics.tsv", "--configfile", str(config_path), "--cores", str(cores)]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=work, capture_output=True, text=True)
+    wall_s = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(result.stdout[-3000:] + result.stderr[-3000:])
+    with open(work / "results/metrics.tsv", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t")), wall_s
+
+
+def summary_table(runs: list[list[dict]]) -> str:
+    """Markdown: one line per row of the metrics table (first run's order), mean and sample SD over runs."""
+    lines = ["| what | name | stage | scored on | cell mAP mean | SD | runs |", "|---|---|---|---|---|---|---|"]
+
+    def key(row: dict) -> tuple[str, ...]:
+        return row["what"], row["name"], row["stage"], row["scored_on"]
+
+    for row_key in [key(row) for row in runs[0]]:
+        values = [float(row["cell_map"]) for rows in runs for row in rows if key(row) == row_key]
+        spread = f"{statistics.stdev(values):.3f}" if len(values) > 1 else "-"
+        lines.append(f"| {' | '.join(row_key)} | {statistics.mean(values):.3f} | {spread} | {len(values)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=("learning", "demo"), default="learning", help="the stages' shape")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one full run per seed")
     parser.add_argument("--train", type=int, default=96, help="synthetic training images")
+    parser.add_argument("--test", type=int, default=4, help="synthetic test images")
+    parser.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE, help="side of the synthetic fields")
     parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--method", choices=("mean", "rank_mean", "weights"), default="mean", help="ensemble.method")
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--keep", type=Path, help="run in DIR/seed-N and keep it (default: temporary folders)")
     args = parser.parse_args()
-    scratch = None if args.keep else tempfile.TemporaryDirectory()
-    work = args.keep or Path(scratch.name)
-    try:
-        work.mkdir(parents=True, exist_ok=True)
-        for name in WORKFLOW_FILES:
-            source, target = REPO / name, work / name
-            if not target.exists():
-                (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
-        config_path = work / "configs/learning.yaml"
-        config_path.write_text(yaml.safe_dump(learning_config(args.train, args.epochs), sort_keys=False))
-        snakemake = str(Path(sys.executable).parent / "snakemake")
-        command = [snakemake, "results/metrics.tsv", "--configfile", str(config_path), "--cores", str(args.cores)]
-        started = time.perf_counter()
-        result = subprocess.run(command, cwd=work, capture_output=True, text=True)
-        wall_s = time.perf_counter() - started
-        if result.returncode != 0:
-            sys.exit(result.stdout[-3000:] + result.stderr[-3000:])
-        with open(work / "results/metrics.tsv", newline="") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t"))
-        print(
-            f"{args.train} synthetic training images, {args.epochs} epochs per model, 2 folds, "
-            f"--cores {args.cores}: {wall_s:.0f} s wall"
-        )
-        print(f"{'what':<10} {'name':<18} {'stage':>5}  {'scored on':<20} cell mAP")
-        for row in rows:
-            print(
-                f"{row['what']:<10} {row['name']:<18} {row['stage']:>5}  {row['scored_on']:<20} "
-                f"{float(row['cell_map']):.3f}"
-            )
-    finally:
-        if scratch is not None:
-            scratch.cleanup()
+    runs = []
+    print(
+        f"shape {args.config}, {args.train} training and {args.test} test images of {args.image_size} px, "
+        f"{args.epochs} epochs per model, 2 folds, ensemble.method {args.method}, --cores {args.cores}"
+    )
+    for seed in args.seeds:
+        config = learning_config(args.config, args.train, args.test, args.image_size, args.epochs, seed, args.method)
+        scratch = None if args.keep else tempfile.TemporaryDirectory()
+        work = args.keep / f"seed-{seed}" if args.keep else Path(scratch.name)
+        try:
+            rows, wall_s = run_seed(work, config, args.cores)
+        finally:
+            if scratch is not None:
+                scratch.cleanup()
+        runs.append(rows)
+        print(f"seed {seed}: {wall_s:.0f} s wall", flush=True)
+    print()
+    print(summary_table(runs))
 
 
 if __name__ == "__main__":

@@ -541,17 +541,56 @@ def _concat(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------- submission
 
 
+_COMBINE_METHODS = ("mean", "rank_mean", "weights")
+
+
+def _combine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--method",
+        default="mean",
+        choices=_COMBINE_METHODS,
+        help="how the members are combined (config key ensemble.method; docs/ensembles.md)",
+    )
+    parser.add_argument("--weights", type=Path, help="the members' weights.csv (method weights: fit-weights writes it)")
+
+
+def _check_combine_arguments(args: argparse.Namespace) -> None:
+    if (args.method == "weights") != (args.weights is not None):
+        raise PipelineError("--weights FILE goes with --method weights, and only with it")
+
+
 def _average_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--members", required=True, type=Path, nargs="+", help="the members' oof.zarr")
     parser.add_argument("--name", required=True, help="the ensemble's name")
     parser.add_argument("--out", required=True, type=Path)
+    _combine_arguments(parser)
 
 
-@subcommand("average", "average models' out-of-fold predictions into an ensemble (pseudo labels)", _average_arguments)
+@subcommand("average", "combine models' out-of-fold predictions into an ensemble (pseudo labels)", _average_arguments)
 def _average(args: argparse.Namespace) -> None:
     from hpa_pipeline.ensemble import average_ensemble
 
-    average_ensemble(args.members, args.name, args.out)
+    _check_combine_arguments(args)
+    average_ensemble(args.members, args.name, args.out, args.method, args.weights)
+
+
+def _fit_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--members", required=True, type=Path, nargs="+", help="the members' oof.zarr")
+    parser.add_argument("--index", required=True, type=Path, nargs="+", help="index.csv of each training dataset")
+    parser.add_argument("--folds", required=True, type=Path, nargs="+", help="folds CSV of each training dataset")
+    parser.add_argument("--seed", type=int, default=0, help="orders the members within a pass of the fit")
+    parser.add_argument("--out", required=True, type=Path, help="the weights CSV")
+
+
+@subcommand(
+    "fit-weights",
+    "fit members' weights on their out-of-fold predictions (mean AP against the image labels)",
+    _fit_weights_arguments,
+)
+def _fit_weights(args: argparse.Namespace) -> None:
+    from hpa_pipeline.ensemble import fit_weights_file
+
+    fit_weights_file(args.members, args.index, args.folds, args.out, args.seed)
 
 
 def _submit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -562,14 +601,16 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edge-area-threshold", required=True, type=float)
     parser.add_argument("--center-area-threshold", required=True, type=float)
     parser.add_argument("--out", required=True, type=Path)
+    _combine_arguments(parser)
 
 
 @subcommand(
-    "submit", "average the test predictions, scale by cell area and write the submission CSV", _submit_arguments
+    "submit", "combine the test predictions, scale by cell area and write the submission CSV", _submit_arguments
 )
 def _submit(args: argparse.Namespace) -> None:
     from hpa_pipeline.submit.submission import make_submission
 
+    _check_combine_arguments(args)
     make_submission(
         args.predictions,
         args.cells,
@@ -578,6 +619,8 @@ def _submit(args: argparse.Namespace) -> None:
         args.edge_area_threshold,
         args.center_area_threshold,
         args.out,
+        args.method,
+        args.weights,
     )
 
 
@@ -619,6 +662,14 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensemble", nargs=3, action="append", default=[], metavar=("NAME", "STAGE", "OOF"))
     parser.add_argument("--submission", type=Path)
     parser.add_argument(
+        "--stage-submission",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "STAGE", "CSV"),
+        help="what an ensemble or a submission member alone would submit (scored on the test images)",
+    )
+    parser.add_argument(
         "--masks", required=True, type=Path, nargs="+", help="the training datasets' segmentation stores"
     )
     parser.add_argument("--test-masks", type=Path, nargs="+", default=[], help="the test set's segmentation stores")
@@ -642,6 +693,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.out_tsv,
         args.test_masks,
         args.seed,
+        {name: (int(stage), Path(path)) for name, stage, path in args.stage_submission},
     )
 
 

@@ -157,6 +157,18 @@ def resolve_model(config: dict[str, Any], name: str) -> dict[str, Any]:
     return settings
 
 
+def ensemble_method(config: dict[str, Any]) -> str:
+    """How ensembles and the submission combine their members (``ensemble.method``; default ``mean``)."""
+    return (config.get("ensemble") or {}).get("method", "mean")
+
+
+def stage_submissions(config: dict[str, Any]) -> dict[str, list[str]]:
+    """Name -> members of every stage submission: each ensemble, then each submission member alone."""
+    stages = {name: list(members) for name, members in (config.get("ensembles") or {}).items()}
+    stages.update({member: [member] for member in config["submission"]["members"]})
+    return stages
+
+
 def model_stage(config: dict[str, Any], name: str) -> int:
     """1 for a model without pseudo labels, else one more than its pseudo-label ensemble's stage."""
     pseudo = (config.get("models") or {})[name].get("pseudo_labels")
@@ -283,6 +295,11 @@ def _check_models(config: dict[str, Any], sizes: list[int], crop_sizes: list[int
                 f"{where}.pseudo_labels: unknown ensemble {pseudo!r} (ensembles: {', '.join(ensembles) or 'none'})"
             )
     for name, members in ensembles.items():
+        if name in models:
+            raise ConfigError(
+                f"ensembles.{name}: a model has this name; names must be unique across models and ensembles "
+                f"(each names its stage submission, results/stages/{name}/submission.csv)"
+            )
         for member in members:
             if member not in models:
                 raise ConfigError(f"ensembles.{name}: unknown model {member!r}")
@@ -555,6 +572,12 @@ def _check_image_task(config: dict[str, Any]) -> None:
                 f"loss needs cells; task {TASK_IMAGES} has none"
             )
         _check_swa(settings, where)
+    method = ensemble_method(config)
+    if method != "mean":
+        raise ConfigError(
+            f"ensemble.method: {method} needs task {TASK_CELLS}; task {TASK_IMAGES} combines its members by mean "
+            "(its thresholds are fitted on the members' mean)"
+        )
     _check_models(config, sizes, [])
 
 

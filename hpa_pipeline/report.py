@@ -57,8 +57,8 @@ def plot_training_curves(metrics_paths: Sequence[Path], labels: Sequence[str], t
 
 
 def plot_stage_metrics(metrics_tsv: Path, out_path: Path) -> None:
-    """Cell-level mAP of every model and ensemble (out-of-fold) and of the submission, by stage, with the
-    chance and ceiling references of each split as horizontal lines."""
+    """Cell-level mAP of every model and ensemble (out-of-fold) and of the submission and the stage
+    submissions (test), by stage, with the chance and ceiling references of each split as horizontal lines."""
     table = pd.read_csv(metrics_tsv, sep="\t", dtype={"stage": str}, keep_default_na=False)
     # the task's metric: cell_map (hpa2021-cells), or macro_f1_fitted (hpa2018-images: F1 at the thresholds)
     metric = "cell_map" if "cell_map" in table else "macro_f1_fitted"
@@ -67,6 +67,8 @@ def plot_stage_metrics(metrics_tsv: Path, out_path: Path) -> None:
     table = table[table["what"] != "reference"].astype({"stage": int})
     table = table.sort_values(["stage", "what", "name"], kind="stable")
     colours = {"model": "tab:blue", "ensemble": "tab:orange", "submission": "tab:green"}
+    if "stage_submission" in set(table["what"]):
+        colours["stage_submission"] = "tab:purple"
     figure, axis = plt.subplots(figsize=(max(7, 0.55 * len(table) + 2.5), 4.5))
     positions = np.arange(len(table))
     axis.bar(positions, table["cell_map"], color=[colours[what] for what in table["what"]])
@@ -94,7 +96,8 @@ def plot_stage_metrics(metrics_tsv: Path, out_path: Path) -> None:
             )
         )
     axis.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    axis.set_title("competition metric: models and ensembles out-of-fold (train), submission (test)")
+    tested = "submission and stage submissions" if "stage_submission" in colours else "submission"
+    axis.set_title(f"competition metric: models and ensembles out-of-fold (train), {tested} (test)")
     _save(figure, out_path)
 
 

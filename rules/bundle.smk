@@ -4,7 +4,7 @@
 
 rule make_bundle:
     input:
-        checkpoints=submission_checkpoints(),
+        checkpoints=bundle_checkpoints,
         thresholds=THRESHOLDS_CSV,
         # provenance: the bundle records the sha256 of the training images' index
         index=[index_csv(dataset) for dataset in TRAIN_DATASETS],

@@ -16,11 +16,13 @@ from hpa_pipeline.config import (
     check_config,
     check_input_paths,
     download_settings,
+    ensemble_method,
     ensemble_stage,
     export_job_settings,
     model_stage,
     resolve_model,
     settings_json,
+    stage_submissions,
     task_of,
     train_datasets,
 )
@@ -77,7 +79,7 @@ if ANNOTATE_MODE:
         if SEGMENT_BACKEND == "hpacellseg"
         else {}
     )
-    MODELS = ENSEMBLES = {}
+    MODELS = ENSEMBLES = STAGE_SUBMISSIONS = {}
 else:
     INPUT_DIR = config["input_dir"].rstrip("/")
     TRAIN_DATASETS = train_datasets(config)
@@ -95,6 +97,11 @@ else:
     MODELS = config.get("models") or {}
     ENSEMBLES = config.get("ensembles") or {}
     SUBMISSION = config["submission"]
+    # How ensembles and the submission combine their members (docs/ensembles.md). With mean, the default, the
+    # rules' commands and params are those of runs made before the key existed: nothing reruns.
+    ENSEMBLE_METHOD = ensemble_method(config)
+    # What each ensemble and each submission member alone would submit: name -> members
+    STAGE_SUBMISSIONS = stage_submissions(config)
     TRUTH_DIR = config.get("truth_dir")
     N_FOLDS = config["folds"]["n_folds"]
     DUPLICATES = config.get("duplicates") or {}
@@ -119,6 +126,7 @@ wildcard_constraints:
     model=_alternatives(MODELS),
     ensemble=_alternatives(ENSEMBLES),
     member=_alternatives(ANNOTATE_MEMBERS if ANNOTATE_MODE else []),
+    stage=_alternatives(STAGE_SUBMISSIONS),
     size=r"\d+",
     shard=r"\d+",
     fold=r"\d+",
@@ -331,6 +339,18 @@ def ensemble_store(name):
     return f"results/ensembles/{name}/oof.zarr"
 
 
+def ensemble_weights(name):
+    """The member weights of an ensemble (ensemble.method weights)."""
+    return f"results/ensembles/{name}/weights.csv"
+
+
+def combine_options(weights):
+    """The options of a command that combines members by ensemble.method other than mean."""
+    if ENSEMBLE_METHOD == "weights":
+        return f"--method weights --weights {weights}"
+    return f"--method {ENSEMBLE_METHOD}"
+
+
 #: The per-dataset stores a model may read, by the names hpa_pipeline.settings.model_stores gives.
 MODEL_STORE_PATHS = {"images": images_store, "masks": resized_masks_store, "crops": crops_store}
 
@@ -391,7 +411,11 @@ def model_outputs():
 
 
 def submission_predictions():
-    return [model_file(model, fold, "test.zarr") for model in SUBMISSION["members"] for fold in FOLDS]
+    return test_predictions(SUBMISSION["members"])
+
+
+def test_predictions(models):
+    return [model_file(model, fold, "test.zarr") for model in models for fold in FOLDS]
 
 
 # ---------------------------------------------------------------------------- submission and report
@@ -403,10 +427,44 @@ METRICS_PLOT = "results/report/metrics.png"
 THRESHOLDS_CSV = "results/thresholds.csv"
 IMAGE_PREDICTIONS_CSV = "results/image_predictions.csv"
 THRESHOLDS = config.get("thresholds") or {"method": "f1", "value": 0.5}
+SUBMISSION_WEIGHTS = "results/submission_weights.csv"
 
 
 def member_oofs():
     return [oof_store(model) for model in SUBMISSION["members"]]
+
+
+def stage_submission_csv(name):
+    return f"results/stages/{name}/submission.csv"
+
+
+def stage_submission_outputs():
+    """Every stage submission (target stage_submissions); the image-level task has none."""
+    if IMAGE_TASK:
+        raise WorkflowError(
+            "target stage_submissions: task hpa2018-images has no per-cell submission to build per stage; "
+            "rule evaluate reports every model and ensemble"
+        )
+    return [stage_submission_csv(name) for name in STAGE_SUBMISSIONS]
+
+
+def stage_submission_stage(name):
+    return ensemble_stage(config, name) if name in ENSEMBLES else model_stage(config, name)
+
+
+def stage_submission_inputs(wildcards):
+    """A stage's members' test predictions of every fold, and its weights when the method fits them."""
+    inputs = {"predictions": test_predictions(STAGE_SUBMISSIONS[wildcards.stage])}
+    if ENSEMBLE_METHOD == "weights" and wildcards.stage in ENSEMBLES:
+        inputs["weights"] = ensemble_weights(wildcards.stage)
+    return inputs
+
+
+def stage_submission_options(wildcards):
+    """A member alone is its folds averaged (mean); an ensemble is combined like the submission."""
+    if ENSEMBLE_METHOD == "mean" or wildcards.stage not in ENSEMBLES:
+        return ""
+    return combine_options(ensemble_weights(wildcards.stage))
 
 
 def training_plot(model):
@@ -430,6 +488,11 @@ def submission_outputs():
 def evaluation_options(wildcards, input):
     options = [f"--model {name} {model_stage(config, name)} {oof_store(name)}" for name in MODELS]
     options += [f"--ensemble {name} {ensemble_stage(config, name)} {ensemble_store(name)}" for name in ENSEMBLES]
+    if "stage_submissions" in input.keys():
+        options += [
+            f"--stage-submission {name} {stage_submission_stage(name)} {stage_submission_csv(name)}"
+            for name in STAGE_SUBMISSIONS
+        ]
     return " ".join(options)
 
 
@@ -441,6 +504,16 @@ BUNDLE_ZIP = "results/bundle.zip"
 def submission_checkpoints():
     """final.pt of every fold of every submission member, members in config order."""
     return [model_file(model, fold, "final.pt") for model in SUBMISSION["members"] for fold in FOLDS]
+
+
+def bundle_checkpoints(wildcards):
+    """The bundle's checkpoints; a bundle averages its members by mean, as annotate does."""
+    if ENSEMBLE_METHOD != "mean":
+        raise WorkflowError(
+            f"target bundle: ensemble.method is {ENSEMBLE_METHOD}, a bundle averages its members by mean; "
+            "build it with ensemble.method mean"
+        )
+    return submission_checkpoints()
 
 
 def bundle_options():

@@ -1,6 +1,7 @@
 # The submission and its validation, per-class thresholds and the test images' image-level predictions, and
-# (with truth) the metrics. Task hpa2021-cells: averaged test predictions per cell with area scaling;
-# task hpa2018-images: the thresholded image labels in the 2018 format (Id,Predicted).
+# (with truth) the metrics. Task hpa2021-cells: test predictions per cell combined by ensemble.method, with
+# area scaling, and what each stage would submit (scored by evaluate on the test images); task
+# hpa2018-images: the thresholded image labels in the 2018 format (Id,Predicted).
 
 
 rule fit_thresholds:
@@ -108,7 +109,7 @@ if IMAGE_TASK:
             "--submission {input.submission} --truth {input.truth}/test.csv --seed {params.seed} "
             "--out-json {output.json} --out-tsv {output.tsv} > {log} 2>&1"
 
-else:
+elif ENSEMBLE_METHOD == "mean":
 
     rule make_submission:
         input:
@@ -132,6 +133,60 @@ else:
             "--index {input.index} --edge-area-threshold {params.edge} --center-area-threshold {params.center} "
             "--out {output} > {log} 2>&1"
 
+else:
+
+    rule make_submission:
+        input:
+            predictions=submission_predictions(),
+            cells=all_shards(cells_store, ["test"]),
+            masks=all_shards(masks_store, ["test"]),
+            index=index_csv("test"),
+            weights=SUBMISSION_WEIGHTS if ENSEMBLE_METHOD == "weights" else [],
+        output:
+            SUBMISSION_CSV,
+        params:
+            edge=SUBMISSION["edge_area_threshold"],
+            center=SUBMISSION["center_area_threshold"],
+            combine=combine_options(SUBMISSION_WEIGHTS),
+        log:
+            "logs/make_submission/make_submission.log",
+        benchmark:
+            "logs/benchmarks/make_submission/make_submission.tsv"
+        conda:
+            "../envs/pipeline.yaml"
+        shell:
+            "hpa-pipeline submit --predictions {input.predictions} --cells {input.cells} --masks {input.masks} "
+            "--index {input.index} --edge-area-threshold {params.edge} --center-area-threshold {params.center} "
+            "{params.combine} --out {output} > {log} 2>&1"
+
+
+if not IMAGE_TASK:
+
+    # What each ensemble and each submission member alone would submit, made like the submission
+    # (target stage_submissions; with truth, rule evaluate scores them on the test images).
+    rule make_stage_submission:
+        input:
+            unpack(stage_submission_inputs),
+            cells=all_shards(cells_store, ["test"]),
+            masks=all_shards(masks_store, ["test"]),
+            index=index_csv("test"),
+        output:
+            stage_submission_csv("{stage}"),
+        params:
+            edge=SUBMISSION["edge_area_threshold"],
+            center=SUBMISSION["center_area_threshold"],
+            combine=stage_submission_options,
+        log:
+            "logs/make_stage_submission/{stage}.log",
+        benchmark:
+            "logs/benchmarks/make_stage_submission/{stage}.tsv"
+        conda:
+            "../envs/pipeline.yaml"
+        shell:
+            "hpa-pipeline submit --predictions {input.predictions} --cells {input.cells} --masks {input.masks} "
+            "--index {input.index} --edge-area-threshold {params.edge} --center-area-threshold {params.center} "
+            "{params.combine} --out {output} > {log} 2>&1"
+
     rule validate_submission:
         input:
             submission=SUBMISSION_CSV,
@@ -154,6 +209,7 @@ else:
             oof=[oof_store(model) for model in MODELS],
             ensembles=[ensemble_store(name) for name in ENSEMBLES],
             submission=SUBMISSION_CSV,
+            stage_submissions=[stage_submission_csv(name) for name in STAGE_SUBMISSIONS],
             masks=all_shards(masks_store, ["train"]),  # the truth covers the Kaggle train set
             test_masks=all_shards(masks_store, ["test"]),
             truth=TRUTH_DIR or [],

@@ -96,3 +96,11 @@ def test_download_public_defaults_are_the_workflows(tmp_path):
     # the job settings default to the workflow's (test_download_takes_the_workflows_job_settings_of_its_dataset)
     assert [getattr(args, key) for key in DOWNLOAD_JOB_SETTINGS] == [None, None, None]
     assert (args.source, args.base_url, args.format) == ("hpa2021", None, None)  # the source's server and type
+
+
+@pytest.mark.parametrize("extra", [["--method", "weights"], ["--method", "rank_mean", "--weights", "w.csv"]])
+def test_a_weights_file_goes_with_method_weights_only(tmp_path, caplog, extra):
+    command = ["average", "--members", str(tmp_path / "m.zarr"), "--name", "e", "--out", str(tmp_path / "e.zarr")]
+    assert main([*command, *extra]) == 1
+    assert caplog.records[-1].getMessage() == "--weights FILE goes with --method weights, and only with it"
+    assert not (tmp_path / "e.zarr").exists()

@@ -85,6 +85,11 @@ def edit(config: dict, path: str, value) -> dict:
         ),
         ("ensembles.stage1", ["cam_effnet_192", "nobody"], "ensembles.stage1: unknown model 'nobody'"),
         ("submission.members", ["cam_effnet_stage3", "stage2"], "submission.members: unknown model 'stage2'"),
+        (
+            "ensembles.cam_effnet_192",
+            ["cam_resnet_192"],
+            "ensembles.cam_effnet_192: a model has this name; names must be unique across models and ensembles",
+        ),
         ("extra_train_sets", {"test": {"images": "x", "table": "y", "shards": 1}}, "names train and test are taken"),
         ("extra_train_sets.pubhpa.table", "p.csv", "extra_train_sets.pubhpa: give either `table`.*not both"),
         ("extra_train_sets", {"more": {"images": "x", "shards": 1}}, "extra_train_sets.more: give either.*one of them"),
@@ -156,6 +161,7 @@ def test_the_2018_demo_and_recipe_pass_and_their_models_get_the_task(demo_2018_c
         ("demo_data.empty_test_images", 1, "demo_data.empty_test_images: task hpa2018-images has no cells"),
         ("models.effnet_cam.swa", {"start_epoch": 9}, "models.effnet_cam.swa.start_epoch 9 is after its last epoch"),
         ("models.effnet_cam.image_size", 64, "models.effnet_cam.image_size: 64 is not one of preprocess.image_sizes"),
+        ("ensemble", {"method": "rank_mean"}, "ensemble.method: rank_mean needs task hpa2021-cells"),
     ],
 )
 def test_settings_that_make_no_sense_for_the_2018_task_name_the_key(demo_2018_config, path, value, message):
@@ -359,10 +365,20 @@ def test_changing_what_a_finished_run_computes_reruns_it(finished_demo, demo_con
     """The control: the same finished run does rerun for settings that change results."""
     assert planned_jobs(finished_demo, demo_config) == {}
     limited = planned_jobs(finished_demo, edit(demo_config, "extra_train_sets.pubhpa.download.limit", 4))
-    assert limited["download_extra_set"] == 1 and limited["train_model"] == 20 and sum(limited.values()) == 89
+    # with truth, the stage submissions too: 12 more test predictions and 6 make_stage_submission
+    assert limited["download_extra_set"] == 1 and limited["train_model"] == 20 and sum(limited.values()) == 107
     # cam_effnet_192, the model initialised from it and the stage-2 and stage-3 models trained on its ensemble
     longer = planned_jobs(finished_demo, edit(demo_config, "models.cam_effnet_192.epochs", 3))
     assert longer["train_model"] == 2 + 2 + 4 + 8 and "download_extra_set" not in longer
+
+
+@pytest.mark.slow
+def test_ensemble_method_mean_keeps_a_finished_run_and_weights_refits_what_it_combines(finished_demo, demo_config):
+    assert planned_jobs(finished_demo, edit(demo_config, "ensemble", {"method": "mean"})) == {}
+    weighted = planned_jobs(finished_demo, edit(demo_config, "ensemble.method", "weights"))
+    assert (weighted["fit_weights"], weighted["fit_submission_weights"], weighted["average_ensemble"]) == (2, 1, 2)
+    # new pseudo labels retrain stages 2 and 3; the stage-1 models stay
+    assert weighted["train_model"] == 2 * (2 + 4) and weighted["make_stage_submission"] == 6
 
 
 # ------------------------------------------------------------------------------------------ downloads

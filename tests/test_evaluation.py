@@ -16,6 +16,7 @@ from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.cells import CellTable
 from hpa_pipeline.io.predictions import PredictionSet, write_predictions
 from hpa_pipeline.io.stores import atomic_store, open_store, read_strings, write_strings
+from hpa_pipeline.kaggle.submission import encode_cell_masks, format_prediction_string, write_submission
 from hpa_pipeline.labels import N_CLASSES
 from hpa_pipeline.submit.evaluation import (
     evaluate_out_of_fold,
@@ -135,3 +136,56 @@ def test_missing_truth_is_named(tmp_path):
         read_truth_classes(tmp_path, "train")
     with pytest.raises(InputDataError, match="img0_cellmask.png"):
         read_truth_mask(tmp_path, "train", "img0")
+
+
+def truth_submission(truth_dir: Path, path: Path, score: float | None) -> Path:
+    """A submission of the true test cells: their true classes (score None) or ``score`` for every class."""
+    classes = read_truth_classes(truth_dir, "test")
+    rows = []
+    for mask_path in sorted((truth_dir / "test").glob("*_cellmask.png")):
+        image_id = mask_path.name[: -len("_cellmask.png")]
+        mask = read_truth_mask(truth_dir, "test", image_id)
+        cells = [int(cell) for cell in np.unique(mask) if cell]
+        scores = np.full((len(cells), N_CLASSES), 0.5 if score is None else score)
+        if score is None:
+            for row, cell in enumerate(cells):
+                scores[row] = 0.0
+                scores[row, classes.get(image_id, {}).get(cell, [])] = 1.0
+        text = format_prediction_string(scores, encode_cell_masks(mask, cells)) if cells else ""
+        rows.append((image_id, mask.shape[1], mask.shape[0], text))
+    write_submission(path, rows)
+    return path
+
+
+def test_stage_submissions_are_scored_on_the_test_images_after_the_submission(demo_stores, tmp_path):
+    masks = store_paths(demo_stores, "train", "masks")
+    truth_dir = demo_stores["data"] / "truth"
+    oof = tmp_path / "oof.zarr"
+    write_predictions(oof, oracle_predictions(masks, truth_dir, reverse_cells=False))
+    perfect = truth_submission(truth_dir, tmp_path / "submission.csv", None)
+    flat = truth_submission(truth_dir, tmp_path / "flat.csv", 0.5)
+    evaluate_run(
+        {"oracle": (1, oof)},
+        {},
+        perfect,
+        masks,
+        truth_dir,
+        tmp_path / "metrics.json",
+        tmp_path / "metrics.tsv",
+        stage_submissions={"stage1": (1, flat), "oracle": (1, perfect)},
+    )
+    with open(tmp_path / "metrics.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert [(row["what"], row["name"], row["stage"], row["scored_on"]) for row in rows] == [
+        ("model", "oracle", "1", "out-of-fold (train)"),
+        ("submission", "submission.csv", "1", "test"),
+        ("stage_submission", "stage1", "1", "test"),
+        ("stage_submission", "oracle", "1", "test"),
+        ("reference", "chance", "", "train"),
+        ("reference", "ceiling", "", "train"),
+    ]
+    assert rows[1]["cell_map"] == rows[3]["cell_map"] == "1.000000"  # the same file scores the same
+    details = json.loads((tmp_path / "metrics.json").read_text())
+    assert details["stage_submissions"]["oracle"] == {"stage": 1, "test": details["submission"]}
+    # a constant score ranks nothing: each class's AP is its share of true detections
+    assert 0 < details["stage_submissions"]["stage1"]["test"]["map"] < 1

@@ -1,4 +1,4 @@
-"""The submission stage on hand-made stores: averaging, area scaling, encoding, validation."""
+"""The submission stage on hand-made stores: averaging or combining members, area scaling, encoding, validation."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from hpa_pipeline.errors import InputDataError, PipelineError
 from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.index import write_index
 from hpa_pipeline.io.predictions import PredictionSet, read_predictions, write_predictions
+from hpa_pipeline.io.weights import write_member_weights
 from hpa_pipeline.kaggle.submission import (
     decode_binary_mask,
     parse_prediction_string,
@@ -166,3 +167,30 @@ def test_area_scale_thresholds_at_or_below_zero_disable_their_branch():
     assert area_scale(np.zeros(0), np.zeros(0, bool), 80_000, 32_000).shape == (0,)
     with pytest.raises(PipelineError):
         area_scale(area, edge[:1], 1, 1)
+
+
+def test_other_methods_average_each_members_folds_then_combine_the_members(tmp_path):
+    mask = np.zeros((100, 100), np.uint16)
+    mask[0:20, 0:20] = 1  # edge cell, 400 px: x0.5
+    mask[40:60, 40:70] = 2  # centre cell, 600 px: x0.5
+    paths = make_test_set(tmp_path, {"img": (np.full((4, 100, 100), 30, np.uint8), mask)})
+    stores = []
+    for model, values in (("a", (0.2, 0.4)), ("b", (0.6, 0.8))):
+        for fold, value in enumerate(values):
+            stores.append(tmp_path / f"{model}{fold}.zarr")
+            write_predictions(stores[-1], fake_predictions(paths["cells"], value), model=model)
+    write_member_weights(tmp_path / "w.csv", ["b", "a"], np.array([0.75, 0.25]), np.zeros(2), 0.0)
+
+    def scores(*combine) -> list[float]:
+        out = tmp_path / "submission.csv"
+        make_submission(stores, [paths["cells"]], [paths["masks"]], paths["index"], 800, 1200, out, *combine)
+        return [d.score for d in parse_prediction_string(read_submission(out).loc[0, "PredictionString"])]
+
+    # members a = 0.3 and b = 0.7 (their folds' means), weighted 0.25 / 0.75
+    assert scores("weights", tmp_path / "w.csv") == pytest.approx([(0.25 * 0.3 + 0.75 * 0.7) * 0.5] * 38)
+    assert scores("mean") == pytest.approx([0.5 * 0.5] * 38)
+    # every cell ties within each member: the ranks leave the mean's values as they are
+    assert scores("rank_mean") == pytest.approx([0.5 * 0.5] * 38)
+    write_member_weights(tmp_path / "w.csv", ["a", "c"], np.array([0.5, 0.5]), np.zeros(2), 0.0)
+    with pytest.raises(InputDataError, match="holds the weights of a, c, not of a, b"):
+        scores("weights", tmp_path / "w.csv")

@@ -44,8 +44,16 @@ def test_demo_writes_a_valid_submission_and_its_metrics(demo_run):
     summary = (demo_run / "results/metrics.tsv").read_text().splitlines()
     assert (
         summary[0].split("\t") == ["what", "name", "stage", "scored_on", "cell_map"]
-        and len(summary) == 1 + 10 + 2 + 1 + 4
+        and len(summary) == 1 + 10 + 2 + 1 + 6 + 4
     )
+    # the stage submissions (each ensemble, each submission member alone) follow the submission's row
+    config = yaml.safe_load((demo_run / "configs/demo.yaml").read_text())
+    stages = [*config["ensembles"], *config["submission"]["members"]]
+    assert [tuple(row.split("\t")[:4]) for row in summary[13:20]] == [("submission", "submission.csv", "3", "test")] + [
+        ("stage_submission", name, str(1 if name == "stage1" else 2 if name == "stage2" else 3), "test")
+        for name in stages
+    ]
+    assert set(metrics["stage_submissions"]) == set(stages)
     references = {
         (row.split("\t")[1], row.split("\t")[3]): float(row.split("\t")[4])
         for row in summary
@@ -54,6 +62,38 @@ def test_demo_writes_a_valid_submission_and_its_metrics(demo_run):
     for split in ("train", "test"):
         assert 0 < references[("chance", split)] < references[("ceiling", split)] <= 1
     assert set(metrics["references"]) == {"train", "test"}
+
+
+@pytest.mark.slow
+@pytest.mark.demo  # the one end-to-end run of `make test`
+def test_the_submissions_figure_is_that_of_its_file_and_stage_submissions_are_made_like_it(demo_run, tmp_path):
+    from hpa_pipeline.kaggle.metric import evaluate_submission
+    from hpa_pipeline.submit.evaluation import read_test_truth
+    from hpa_pipeline.submit.submission import make_submission
+
+    rows = {
+        tuple(row.split("\t")[:2]): row.split("\t")[4]
+        for row in (demo_run / "results/metrics.tsv").read_text().splitlines()[1:]
+    }
+    truth = read_test_truth(demo_run / "resources/demo_data/truth")
+    scored = evaluate_submission(demo_run / "results/submission.csv", truth).map
+    assert rows[("submission", "submission.csv")] == f"{scored:.6f}"
+    config = yaml.safe_load((demo_run / "configs/demo.yaml").read_text())
+    stage1 = evaluate_submission(demo_run / "results/stages/stage1/submission.csv", truth).map
+    assert rows[("stage_submission", "stage1")] == f"{stage1:.6f}"
+    # the stage submissions' code made from the submission's members gives the submission, byte for byte
+    members = config["submission"]["members"]
+    predictions = [demo_run / f"results/models/{m}/fold{f}/test.zarr" for m in members for f in range(2)]
+    make_submission(
+        predictions,
+        [demo_run / "results/test/cells/shard-0.zarr"],
+        [demo_run / "results/test/masks/shard-0.zarr"],
+        demo_run / "results/test/index.csv",
+        config["submission"]["edge_area_threshold"],
+        config["submission"]["center_area_threshold"],
+        tmp_path / "members.csv",
+    )
+    assert (tmp_path / "members.csv").read_bytes() == (demo_run / "results/submission.csv").read_bytes()
 
 
 @pytest.mark.slow
@@ -171,6 +211,7 @@ def test_changing_one_model_retrains_only_it_and_what_depends_on_it(demo_run):
         "fit_thresholds": 1,
         "image_predictions": 1,
         "make_submission": 1,
+        "make_stage_submission": 1,  # the model's own stage submission
         "validate_submission": 1,
         "evaluate": 1,
         "submission": 1,
@@ -225,6 +266,49 @@ def test_documented_command_lines_run(tmp_path, args):
     workdir = copy_workflow(tmp_path)
     result = snakemake(workdir, "-n", *args)
     assert re.search(r"^submission\s+1$", result.stdout, re.MULTILINE)
+
+
+def dry_run_jobs(workdir: Path, target: str, config: dict) -> dict[str, int]:
+    """Rule -> jobs of a dry run of ``target`` from scratch with ``config``."""
+    (workdir / "configs/dry.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, target, "--configfile", "configs/dry.yaml", "-n")
+    table = result.stdout[result.stdout.index("Job stats:") :]
+    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
+
+
+def test_stage_submissions_and_member_weights_plan_their_jobs(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    demo = yaml.safe_load((workdir / "configs/demo.yaml").read_text())
+    folds, members = demo["folds"]["n_folds"], len(demo["models"])
+    stages = len(demo["ensembles"]) + len(demo["submission"]["members"])  # 2 + 4
+    # with truth, evaluate scores every stage submission: every model predicts the test set
+    jobs = dry_run_jobs(workdir, "submission", demo)
+    assert (jobs["total"], jobs["predict_test"], jobs["make_stage_submission"]) == (130, folds * members, stages)
+    assert "fit_weights" not in jobs and "fit_submission_weights" not in jobs
+    weighted = dry_run_jobs(workdir, "submission", {**demo, "ensemble": {"method": "weights"}})
+    assert (weighted["total"], weighted["fit_weights"], weighted["fit_submission_weights"]) == (133, 2, 1)
+    without_truth = {key: value for key, value in demo.items() if key != "truth_dir"}
+    jobs = dry_run_jobs(workdir, "submission", without_truth)
+    assert (jobs["total"], jobs["predict_test"], "make_stage_submission" in jobs) == (110, folds * 4, False)
+    jobs = dry_run_jobs(workdir, "stage_submissions", without_truth)
+    assert (jobs["total"], jobs["make_stage_submission"], "make_submission" in jobs) == (99, stages, False)
+
+
+@pytest.mark.parametrize(
+    ("target", "config", "method", "message"),
+    [
+        ("stage_submissions", "configs/demo_2018.yaml", None, "task hpa2018-images has no per-cell submission"),
+        ("bundle", "configs/demo.yaml", "rank_mean", "a bundle averages its members by mean"),
+    ],
+)
+def test_what_a_task_or_method_cannot_build_is_refused_by_name(tmp_path, target, config, method, message):
+    workdir = copy_workflow(tmp_path)
+    settings = yaml.safe_load((workdir / config).read_text())
+    if method:
+        settings["ensemble"] = {"method": method}
+    (workdir / "configs/dry.yaml").write_text(yaml.safe_dump(settings))
+    result = snakemake(workdir, target, "--configfile", "configs/dry.yaml", "-n", check=False)
+    assert result.returncode != 0 and message in result.stdout + result.stderr
 
 
 def test_target_after_resources_is_swallowed_as_the_readme_warns(tmp_path):

@@ -2,7 +2,8 @@
 
 Cell identity is (dataset, image ID, mask value). Everything that combines predictions (folds, models,
 ensembles, pseudo labels, the submission) joins on that identity and reports any mismatch, never
-relying on positions alone.
+relying on positions alone. How members are combined is config key ``ensemble.method``
+(:func:`combine_predictions`): ``mean``, ``rank_mean`` or ``weights``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import rankdata
 
-from hpa_pipeline.errors import InputDataError
+from hpa_pipeline.errors import ConfigError, InputDataError
 from hpa_pipeline.io.cells import CellTable, concat_cell_tables
 from hpa_pipeline.io.stores import (
     TABLE_COMPRESSORS,
@@ -186,6 +188,103 @@ def average_predictions(members: Sequence[PredictionSet], sources: Sequence[str]
     return PredictionSet(
         reference.cells, (total_cells / count).astype(np.float32), (total_images / count).astype(np.float32)
     )
+
+
+#: The values of config key ``ensemble.method``: how an ensemble or the submission combines its members.
+COMBINE_METHODS: tuple[str, ...] = ("mean", "rank_mean", "weights")
+
+
+def store_model(path: str | Path) -> str:
+    """The model whose predictions a store holds (its ``model`` attribute: predict and concat write it)."""
+    model = open_store(path, "predictions").attrs.get("model")
+    if not model:
+        raise InputDataError(f"{path}: a prediction store without its model's name (rebuild it)")
+    return str(model)
+
+
+def rank_matched(members: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """Order from the members' ranks, scale from their plain mean: the ``rank_mean`` combination.
+
+    Per class (column), each member's scores become normalised ranks over all rows (ties averaged,
+    0 = lowest, 1 = highest), and the ranks are averaged with ``weights``. The row with the k-th smallest
+    averaged rank then receives the k-th smallest value of the plain (equal-weight) mean of the members;
+    equal averaged ranks are ordered by the plain mean, then by row. So each class keeps exactly the
+    plain mean's values, only reassigned.
+
+    Why: the competition metric ranks each class's cells across all images, so averaging the
+    probabilities of differently calibrated models lets the model with the widest spread decide the
+    order. Averaging ranks gives every member its weight in the order, whatever its scale. Pseudo labels
+    and per-class thresholds need probability-like values, hence the values of the mean.
+
+    Args:
+        members: (n, C) scores of each member, rows aligned.
+        weights: (len(members),) non-negative weights summing to 1.
+
+    Returns:
+        (n, C) float64 combined scores.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    n_rows, n_classes = np.shape(members[0])
+    rows = np.arange(n_rows)
+    combined = np.empty((n_rows, n_classes))
+    for c in range(n_classes):  # one class at a time: a split's cells times members fit in memory
+        scores = np.stack([np.asarray(member)[:, c] for member in members]).astype(np.float64)
+        plain = scores.mean(axis=0)
+        if n_rows < 2:
+            combined[:, c] = plain
+            continue
+        average_rank = weights @ ((rankdata(scores, method="average", axis=1) - 1) / (n_rows - 1))
+        combined[np.lexsort((rows, plain, average_rank)), c] = np.sort(plain)
+    return combined
+
+
+def combine_predictions(
+    members: Sequence[PredictionSet],
+    sources: Sequence[str],
+    method: str = "mean",
+    weights: Sequence[float] | None = None,
+) -> PredictionSet:
+    """Combine members' predictions of the same cells by ``method`` (TTA views averaged first).
+
+    ``mean`` is exactly :func:`average_predictions`. ``weights`` is the mean weighted by ``weights``
+    (non-negative, normalised to sum 1). ``rank_mean`` is :func:`rank_matched` (with ``weights`` if
+    given, else equal), applied to the cells' and, separately, to the images' probabilities of the whole
+    split. The first member fixes the image order; every other member is aligned to it by identity.
+
+    Raises:
+        ConfigError: an unknown method, weights with ``mean``, or ``weights`` without them.
+        InputDataError: members with different cells (naming the image), or weights of another length.
+    """
+    if method not in COMBINE_METHODS:
+        raise ConfigError(f"ensemble.method: unknown method {method!r} (methods: {', '.join(COMBINE_METHODS)})")
+    if method == "mean":
+        if weights is not None:
+            raise ConfigError("ensemble.method mean averages with equal weights: no weights expected")
+        return average_predictions(members, sources)
+    if method == "weights" and weights is None:
+        raise ConfigError("ensemble.method weights needs the members' fitted weights")
+    if not members:
+        raise InputDataError("an ensemble needs at least one member")
+    shares = np.full(len(members), 1 / len(members)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if shares.shape != (len(members),) or (shares < 0).any() or not shares.sum() > 0:
+        raise InputDataError(
+            f"weights {np.asarray(weights).tolist()} do not fit {len(members)} members (non-negative, not all 0)"
+        )
+    shares = shares / shares.sum()
+    reference = members[0].mean_views()
+    aligned = [reference] + [
+        align_to_cells(member.mean_views(), reference.cells, source) for member, source in zip(members[1:], sources[1:])
+    ]
+
+    def combine(name: str) -> np.ndarray:
+        values = [getattr(member, name)[:, :, 0] for member in aligned]
+        if method == "weights":
+            combined = sum(share * value.astype(np.float64) for share, value in zip(shares, values))
+        else:
+            combined = rank_matched(values, shares)
+        return np.asarray(combined, dtype=np.float32)[:, :, None]
+
+    return PredictionSet(reference.cells, combine("probs"), combine("image_probs"))
 
 
 def _first_difference(left: Sequence[tuple[str, str]], right: Sequence[tuple[str, str]]) -> str:

@@ -2,8 +2,9 @@
 
 The competition metric (:mod:`hpa_pipeline.kaggle.metric`) is applied to each model's and each ensemble's
 out-of-fold predictions on the training images (predicted cells = the segmentation's cells, truth =
-the true cells) and to the submission on the test images, so one can see whether a later stage beats
-an earlier one.
+the true cells), and to the submission and the stage submissions (what each ensemble and each
+submission member alone would submit) on the test images, so one can see whether a later stage beats
+an earlier one, and an ensemble its members, on images no fit has seen.
 
 Two reference rows per split frame those figures. Because the metric discards the detections of classes
 an image does not contain, random scores already reach a high mAP when most cells carry their image's
@@ -128,6 +129,16 @@ def _reference_items(
         yield ImageEval(truth, truth_classes, labels, scores, image_id)
 
 
+def read_test_truth(truth_dir: Path) -> dict[str, tuple[np.ndarray, dict[int, list[int]]]]:
+    """Image ID -> (truth mask, cell value -> classes) of every test image, images without cells too."""
+    classes = read_truth_classes(truth_dir, "test")
+    truth = {image_id: (read_truth_mask(truth_dir, "test", image_id), cells) for image_id, cells in classes.items()}
+    for image_path in sorted((truth_dir / "test").glob("*_cellmask.png")):
+        image_id = image_path.name[: -len("_cellmask.png")]
+        truth.setdefault(image_id, (read_truth_mask(truth_dir, "test", image_id), {}))
+    return truth
+
+
 #: The reference rows of the metrics table, in order.
 REFERENCES: tuple[str, ...] = ("chance", "ceiling")
 
@@ -152,8 +163,10 @@ def evaluate_run(
     out_tsv: Path,
     test_masks_paths: Sequence[Path] = (),
     seed: int = 0,
+    stage_submissions: dict[str, tuple[int, Path]] | None = None,
 ) -> None:
-    """Score every model, ensemble and the submission; write the details (JSON) and a summary (TSV).
+    """Score every model, ensemble, the submission and the stage submissions; write the details (JSON)
+    and a summary (TSV).
 
     Args:
         models, ensembles: name -> (stage, out-of-fold store).
@@ -162,10 +175,14 @@ def evaluate_run(
         truth_dir: folder with ``cells.csv`` and ``{split}/{ID}_cellmask.png``.
         test_masks_paths: the test set's segmentation stores (for its reference rows), if any.
         seed: seed of the ``chance`` reference's random scores.
+        stage_submissions: name -> (stage, submission CSV) of what each ensemble and each submission
+            member alone would submit (rule make_stage_submission), scored on the test images.
 
-    The TSV has one row per model, ensemble and submission (``stage`` = its stage), then the reference
-    rows (``what`` = reference, empty ``stage``, ``scored_on`` = the split).
+    The TSV has one row per model, ensemble and submission (``stage`` = its stage), one per stage
+    submission (``what`` = stage_submission, ``scored_on`` = test), then the reference rows (``what`` =
+    reference, empty ``stage``, ``scored_on`` = the split).
     """
+    stage_submissions = stage_submissions or {}
     results: dict[str, dict] = {"models": {}, "ensembles": {}, "references": {}}
     summary = []
     for group, entries in (("models", models), ("ensembles", ensembles)):
@@ -173,17 +190,20 @@ def evaluate_run(
             result = evaluate_out_of_fold(read_predictions(path), masks_paths, truth_dir)
             results[group][name] = {"stage": stage, "out_of_fold": result.to_dict()}
             summary.append((group[:-1], name, stage, "out-of-fold (train)", result.map))
+    if submission is not None or stage_submissions:
+        truth = read_test_truth(truth_dir)
     if submission is not None:
-        classes = read_truth_classes(truth_dir, "test")
-        truth = {image_id: (read_truth_mask(truth_dir, "test", image_id), cells) for image_id, cells in classes.items()}
-        for image_path in sorted((truth_dir / "test").glob("*_cellmask.png")):  # images without cells too
-            image_id = image_path.name[: -len("_cellmask.png")]
-            truth.setdefault(image_id, (read_truth_mask(truth_dir, "test", image_id), {}))
         result = evaluate_submission(submission, truth)
         results["submission"] = result.to_dict()
         summary.append(
             ("submission", submission.name, max([s for s, _ in models.values()], default=0), "test", result.map)
         )
+    if stage_submissions:
+        results["stage_submissions"] = {}
+    for name, (stage, path) in stage_submissions.items():
+        result = evaluate_submission(path, truth)
+        results["stage_submissions"][name] = {"stage": stage, "test": result.to_dict()}
+        summary.append(("stage_submission", name, stage, "test", result.map))
     for split, paths in (("train", masks_paths), ("test", test_masks_paths)):
         if not paths:
             continue

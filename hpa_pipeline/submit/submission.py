@@ -1,5 +1,9 @@
-"""The submission (rule make_submission): average the members' test predictions, scale by cell area,
+"""The submission (rule make_submission, and rule make_stage_submission for what each ensemble and each
+submission member alone would submit): combine the members' test predictions, scale by cell area,
 encode, write.
+
+With ``ensemble.method`` mean every member's every fold is averaged with equal weights; with rank_mean
+or weights each member's folds are averaged first, then the members combined by the method.
 
 Every class score of a cell is multiplied by min(1, area / threshold), with the edge threshold for
 cells touching the first or last row or column of the original-size mask and the centre threshold for
@@ -18,8 +22,16 @@ from hpa_pipeline.errors import InputDataError, PipelineError
 from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.index import read_index
 from hpa_pipeline.io.masks import read_labels
-from hpa_pipeline.io.predictions import align_to_cells, average_predictions, read_predictions
+from hpa_pipeline.io.predictions import (
+    PredictionSet,
+    align_to_cells,
+    average_predictions,
+    combine_predictions,
+    read_predictions,
+    store_model,
+)
 from hpa_pipeline.io.stores import open_store, read_strings
+from hpa_pipeline.io.weights import read_member_weights
 from hpa_pipeline.kaggle.submission import encode_cell_masks, format_prediction_string, write_submission
 from hpa_pipeline.progress import progress
 
@@ -34,19 +46,22 @@ def make_submission(
     edge_threshold: float,
     center_threshold: float,
     out_path: Path,
+    method: str = "mean",
+    weights_path: Path | None = None,
 ) -> None:
     """Write ``submission.csv`` from the test predictions of every member model and fold.
 
     Args:
-        prediction_paths: ``test.zarr`` of every member and fold (equal weights).
+        prediction_paths: ``test.zarr`` of every member and fold.
         cells_paths: the test shards' cell tables (areas and edge contact at original resolution).
         masks_paths: the test shards' segmentation stores (the masks that are encoded).
         index_path: the test index (the row order of the submission).
         edge_threshold, center_threshold: area thresholds (<= 0 disables one).
         out_path: the CSV to write.
+        method: how the members are combined (``ensemble.method``: mean, rank_mean or weights).
+        weights_path: the members' fitted weights (method ``weights``).
     """
-    members = [read_predictions(path) for path in prediction_paths]
-    average = average_predictions(members, [str(path) for path in prediction_paths])
+    average = combine_test_predictions(prediction_paths, method, weights_path)
     expected_ids = read_index(index_path)["ID"].tolist()
     rows_by_id: dict[str, tuple[int, int, str]] = {}
     for cells_path, masks_path in zip(cells_paths, masks_paths, strict=True):
@@ -72,6 +87,28 @@ def make_submission(
         raise InputDataError(f"no cell table covers test image(s) {', '.join(missing[:5])}")
     write_submission(out_path, [(image_id, *rows_by_id[image_id]) for image_id in expected_ids])
     log.info("%d images, %d cells -> %s", len(expected_ids), average.n_cells, out_path)
+
+
+def combine_test_predictions(
+    prediction_paths: Sequence[Path], method: str = "mean", weights_path: Path | None = None
+) -> PredictionSet:
+    """The members' test predictions combined by ``method``: ``mean`` averages every store (member and
+    fold) with equal weights, as always; otherwise each member's folds (stores grouped by their model)
+    are averaged, then the members combined by :func:`combine_predictions` (weights from
+    ``weights_path`` for method ``weights``)."""
+    sources = [str(path) for path in prediction_paths]
+    if method == "mean":
+        return average_predictions([read_predictions(path) for path in prediction_paths], sources)
+    folds: dict[str, list[Path]] = {}
+    for path in prediction_paths:
+        folds.setdefault(store_model(path), []).append(path)
+    members = [
+        average_predictions([read_predictions(path) for path in paths], [str(path) for path in paths])
+        for paths in folds.values()
+    ]
+    weights = None if weights_path is None else read_member_weights(weights_path, list(folds))
+    log.info("members %s combined by %s", ", ".join(folds), method)
+    return combine_predictions(members, [" + ".join(map(str, paths)) for paths in folds.values()], method, weights)
 
 
 def area_scale(
