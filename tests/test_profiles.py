@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import blob_image, write_random_bundle, write_rgby
 from snakemake.utils import available_cpu_count
 from workflow_helpers import REPO, copy_workflow
 
@@ -144,10 +145,14 @@ def test_every_slurm_profile_key_is_explained():
             assert above.startswith("#"), f"line {number + 1} ({line}) has no comment above it"
 
 
-def test_set_resources_name_rules_of_the_workflow(workdir):
+def test_set_resources_name_rules_of_the_workflow(workdir, tmp_path):
     profile = yaml.safe_load(SLURM.read_text())
+    bundle = write_random_bundle(tmp_path / "run")
+    write_rgby(workdir / "new", "img0", blob_image(64, 64, [(32, 32)], radius=12)[0])
+    annotate = {"annotate": {"bundle": str(bundle), "input_dir": "new"}}
+    (workdir / "configs/annotate_profile.yaml").write_text(yaml.safe_dump(annotate))
     known = set()
-    for config in ("configs/demo.yaml", "workflow_config.yaml"):
+    for config in ("configs/demo.yaml", "workflow_config.yaml", "configs/annotate_profile.yaml"):
         result = subprocess.run(
             [str(BIN / "snakemake"), "--list-rules", "--configfile", config], cwd=workdir,
             env=environment(), capture_output=True, text=True, timeout=120,
