@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from hpa_pipeline.errors import ConfigError, InputDataError
 from hpa_pipeline.io.cells import CellTable, read_cell_table
@@ -24,10 +24,10 @@ from hpa_pipeline.io.predictions import (
     select_images,
     write_predictions,
 )
-from hpa_pipeline.nets.devices import claim_device, configure_threads
-from hpa_pipeline.nets.models import create_model_from_settings
-from hpa_pipeline.nets.tta import combine_views, predict_rows
 from hpa_pipeline.settings import ModelData, ModelSettings
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ ARCHITECTURE_DEFAULTS = {"head": "cam", "task": "hpa2021-cells"}
 
 def load_trained_model(checkpoint: Path, settings: ModelSettings, device: torch.device) -> torch.nn.Module:
     """Build the model of ``settings`` and load a ``final.pt`` written by the training loop."""
+    # torch and timm load only where a model runs: concat_valid jobs start in a second, not in seven
+    import torch
+
+    from hpa_pipeline.nets.models import create_model_from_settings
+
     if not checkpoint.is_file():
         raise InputDataError(f"missing model checkpoint {checkpoint}")
     state = torch.load(checkpoint, map_location=device, weights_only=False)
@@ -77,6 +82,8 @@ def predict_split(
         out_path: the prediction store to write.
         fold: the held-out fold, or None for the test set.
     """
+    from hpa_pipeline.nets.devices import claim_device, configure_threads
+
     configure_threads(threads)
     with claim_device(device) as claim:
         model = load_trained_model(checkpoint, settings, claim.torch_device)
@@ -116,6 +123,8 @@ def predict_model(
     Returns:
         The predictions and the number of views that were predicted per image.
     """
+    from hpa_pipeline.nets.tta import combine_views, predict_rows
+
     if settings.image_level:
         cells = _no_cells(data.index_paths)
     else:

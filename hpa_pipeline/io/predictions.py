@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
 
 from hpa_pipeline.errors import ConfigError, InputDataError
 from hpa_pipeline.io.cells import CellTable, concat_cell_tables
@@ -223,6 +222,8 @@ def rank_matched(members: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarr
     Returns:
         (n, C) float64 combined scores.
     """
+    from scipy.stats import rankdata  # scipy.stats takes most of a second to import: only here
+
     weights = np.asarray(weights, dtype=np.float64)
     n_rows, n_classes = np.shape(members[0])
     rows = np.arange(n_rows)
