@@ -1,5 +1,5 @@
-# Entry points for a fresh machine: `make demo` (about 15 minutes on 2 cores, the install included),
-# `make test` (unit tests and one end-to-end demo run, about 19 minutes on 2 cores) and
+# Entry points for a fresh machine: `make demo` (about 10 minutes on 2 cores, the install included),
+# `make test` (unit tests and one end-to-end demo run, about 9 minutes on 2 cores) and
 # `make test-all` (the complete suite, what CI runs: .ci/run). Each creates .venv and installs the
 # project with exactly the pinned versions first (torch from the machine's local wheel store).
 PYTHON ?= python3

@@ -46,7 +46,7 @@ rule predict_shard:
         directory(annotate_predictions("{member}", "{fold}", "{shard}")),
     params:
         data=data_options,
-    threads: 4
+    threads: MODEL_THREADS
     resources:
         gpu=1,
     log:

@@ -115,6 +115,8 @@ SEGMENT_ENV = "../envs/segment.yaml" if SEGMENT_BACKEND == "hpacellseg" else "..
 # environment, not as params: Snakemake reruns a job whose params change, and everything below it.
 share_gpus(config.get("jobs_per_gpu", 1))
 export_job_settings(config)
+# Threads of the training and prediction jobs: a job setting too (threads are no rerun trigger).
+MODEL_THREADS = config["model_threads"]
 
 
 def _alternatives(names):

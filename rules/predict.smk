@@ -10,7 +10,7 @@ rule predict_valid:
     params:
         settings=model_settings_json,
         data=data_options,
-    threads: 4
+    threads: MODEL_THREADS
     resources:
         gpu=1,
     log:
@@ -51,7 +51,7 @@ rule predict_test:
     params:
         settings=model_settings_json,
         data=data_options,
-    threads: 4
+    threads: MODEL_THREADS
     resources:
         gpu=1,
     log:

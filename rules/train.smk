@@ -42,7 +42,7 @@ rule train_model:
         data=data_options,
         checkpoint_dir=checkpoint_dir("{model}", "{fold}"),
         out_dir=lambda wildcards, output: os.path.dirname(output.model),
-    threads: 4
+    threads: MODEL_THREADS
     resources:
         gpu=1,
     log:

@@ -140,15 +140,26 @@ def store_paths(stores: dict, dataset: str, kind: str) -> list[Path]:
     return [stores["root"] / dataset / kind / f"shard-{shard}.zarr" for shard in range(stores["n_shards"][dataset])]
 
 
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory) -> Path:
-    """The whole demo, once per session, as the README says:
-    `snakemake submission --configfile configs/demo.yaml --cores 2` in a copy of the workflow."""
-    from workflow_helpers import copy_workflow, snakemake
+@pytest.fixture(scope="session", autouse=True)
+def demo_in_background(request, tmp_path_factory):
+    """The whole demo, as the README says (`snakemake submission --configfile configs/demo.yaml --cores 2`, in a
+    copy of the workflow), started before the first test when a selected test needs it: the tests that come
+    before those run meanwhile. None when no selected test needs it."""
+    if not any("demo_run" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    from workflow_helpers import BackgroundRun, copy_workflow
 
     workdir = copy_workflow(tmp_path_factory.mktemp("demo"))
-    snakemake(workdir, "submission", "--configfile", "configs/demo.yaml", "--cores", "2")
-    return workdir
+    run = BackgroundRun(workdir, "submission", "--configfile", "configs/demo.yaml", "--cores", "2")
+    yield run
+    run.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_in_background) -> Path:
+    """The finished demo run's directory (once per session)."""
+    return demo_in_background.wait()
 
 
 class PixelwiseCAM(nn.Module):

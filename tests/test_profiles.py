@@ -170,18 +170,19 @@ def test_bare_run_uses_the_workstation_defaults(workdir):
     settings = resolve(workdir, "preprocess", "--configfile", "configs/demo.yaml")
     assert settings["executor"] in (None, "local")
     assert settings["cores"] == available_cpu_count(), "cores: all"
-    assert settings["resources"] == {"gpu": 1}, "no GPU: GPU jobs run on the CPU, one at a time"
+    # no GPU: model jobs run on the CPU, as many at a time as the cores allow (each takes model_threads)
+    assert settings["resources"] == {"gpu": available_cpu_count()}
 
 
 @pytest.mark.parametrize(
     ("visible", "gpus"),
-    [("0,1,2", 3), ("1,3", 2), ("0,-1,2", 1), ("", 1), (None, None)],
+    [("0,1,2", 3), ("1,3", 2), ("0,-1,2", 1), ("", 0), (None, None)],
 )
 def test_gpu_cap_follows_the_machines_gpus(workdir, visible, gpus):
     settings = resolve(workdir, "preprocess", CUDA_VISIBLE_DEVICES=visible)
     if gpus is None:  # unset: NVIDIA's device files decide
-        gpus = max(1, sum(1 for name in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", name)))
-    assert settings["resources"] == {"gpu": gpus}
+        gpus = sum(1 for name in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", name))
+    assert settings["resources"] == {"gpu": gpus or available_cpu_count()}, "no GPU: one model job per core"
 
 
 def test_command_line_wins_over_the_default_profile(workdir):
@@ -220,6 +221,19 @@ def test_workflow_profile_none_switches_the_defaults_off(workdir):
     assert settings["cores"] is None and settings["resources"] == {}
 
 
+@pytest.mark.parametrize(("argv", "threads"), [((), 1), (("--config", "model_threads=3"), 3)])
+def test_model_jobs_get_model_threads_capped_at_the_cores(workdir, argv, threads):
+    def model_commands(cores: str, *extra: str) -> list[str]:
+        result = dry_run(workdir, "results/models/cam_effnet_192/fold0/valid.zarr", "-p", "--cores", cores,
+                         "--configfile", "configs/demo.yaml", *extra)  # fmt: skip
+        log = result.stdout + result.stderr
+        return re.findall(r"^(?:Shell command: )?(hpa-pipeline (?:train|predict) .*)$", log, re.MULTILINE)
+
+    commands = model_commands("4", *argv)
+    assert len(commands) == 2 and all(f" --threads {threads} " in command for command in commands)
+    assert all(" --threads 2 " in command for command in model_commands("2", "--config", "model_threads=8"))
+
+
 # ------------------------------------------------------------------------------- dry runs
 
 
@@ -229,8 +243,8 @@ def test_plain_dry_run_picks_up_the_default_profile(workdir):
     assert "Using workflow specific profile profiles/default for setting default command line arguments." in log
     segment = [job for job in job_blocks(log) if job["rule"] == "segment"]
     assert segment, "segment jobs in the plan"
-    # The default profile's cap (1 without GPUs) lowers every job's gpu to it.
-    assert all(resources(job)["gpu"] == "1" for job in segment)
+    # The default profile's cap (the cores without GPUs) lowers every job's gpu to it.
+    assert all(resources(job)["gpu"] == str(min(5, available_cpu_count())) for job in segment)
     assert "slurm_partition" not in log
 
 
@@ -275,4 +289,4 @@ def test_gpu_cap_counts_jobs_per_gpu(workdir, argv, gpus):
     (workdir / "jobs4.yaml").write_text("jobs_per_gpu: 4\n")
     settings = resolve(workdir, "preprocess", *argv, CUDA_VISIBLE_DEVICES="0,1")
     assert settings["resources"] == {"gpu": gpus}
-    assert resolve(workdir, "preprocess", *argv, CUDA_VISIBLE_DEVICES="")["resources"] == {"gpu": 1}
+    assert resolve(workdir, "preprocess", *argv, CUDA_VISIBLE_DEVICES="")["resources"] == {"gpu": available_cpu_count()}

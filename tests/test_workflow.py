@@ -171,6 +171,8 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
 @pytest.mark.demo  # the one end-to-end run of `make test`
 def test_finished_workflow_reruns_nothing(demo_run):
     assert planned_jobs(demo_run) == {}
+    # nor when only how jobs run changes: their threads, GPU sharing, the device
+    assert planned_jobs(demo_run, "--config", "model_threads=2", "jobs_per_gpu=3", "train_device=cpu") == {}
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,45 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 18
             f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
         )
     return result
+
+
+class BackgroundRun:
+    """A Snakemake run started in ``workdir`` that goes on while the caller does other work; its output goes
+    to ``workdir/snakemake.out`` and ``workdir/snakemake.err``."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        self.workdir, self.args = workdir, args
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        with open(workdir / "snakemake.out", "w") as out, open(workdir / "snakemake.err", "w") as err:
+            # its own session, so that stop() reaches the jobs it started too
+            self.process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "snakemake"), *args],
+                cwd=workdir, env=env, stdout=out, stderr=err, start_new_session=True,
+            )  # fmt: skip
+
+    def wait(self, timeout: float = 1800) -> Path:
+        """Wait for the run to end; its ``workdir``, or AssertionError with the ends of its output."""
+        try:
+            returncode = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"snakemake {' '.join(self.args)} ran past {timeout} s") from None
+        if returncode != 0:
+            out = (self.workdir / "snakemake.out").read_text()[-4000:]
+            err = (self.workdir / "snakemake.err").read_text()[-8000:]
+            raise AssertionError(f"snakemake {' '.join(self.args)} failed ({returncode}):\n{out}\n{err}")
+        return self.workdir
+
+    def stop(self) -> None:
+        """Stop the run and its jobs if it is still going."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
 
 
 def small_config(workdir: Path, data: Path, name: str = "small.yaml") -> str:
