@@ -147,9 +147,11 @@ def test_annotating_the_demos_test_images_gives_the_runs_cells_and_probabilities
     hidden = demo_run / "results.hidden-during-annotate"
     (demo_run / "results").rename(hidden)
     try:
-        # the run predicted its test shard (all 6 images) with 2 threads: the same batches and reductions
+        # the run predicted its test shard (all 6 images) with model_threads threads: the same batches and
+        # reductions
+        threads = str(yaml.safe_load((demo_run / "configs/demo.yaml").read_text())["model_threads"])
         result = annotate(
-            ["--bundle", str(moved), "--input-dir", str(new_images), "--out", "annotations", "--threads", "2"],
+            ["--bundle", str(moved), "--input-dir", str(new_images), "--out", "annotations", "--threads", threads],
             cwd=tmp_path,
         )
     finally:
