@@ -79,6 +79,22 @@ class ModelSettings:
         {"type": ["string", "null"], "description": "an ensemble whose out-of-fold predictions are the targets"},
         None,
     )
+    pseudo_label_sharpening: float = _setting(
+        {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "description": "pseudo labels p become p^a / (p^a + (1 - p)^a) with this a: 1 keeps them, above 1 "
+            "pushes them towards 0 and 1",
+        },
+        1.0,
+    )
+    pseudo_labels_within_image_labels: bool = _setting(
+        {
+            "type": "boolean",
+            "description": "a cell's pseudo label is 0 for each class but Negative that its image is not labelled with",
+        },
+        False,
+    )
     tta: int = _setting({"type": "integer", "minimum": 1, "maximum": 8}, 8)
     predict_batch_size: int | None = _setting({"type": "integer", "minimum": 1}, None)
     validate_every: int = _setting({"type": "integer", "minimum": 1}, 1)

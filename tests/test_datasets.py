@@ -8,11 +8,13 @@ from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.cells import read_cell_table
 from hpa_pipeline.io.folds import read_labelled_images
 from hpa_pipeline.io.stores import ShardedArray
+from hpa_pipeline.labels import NEGATIVE
 from hpa_pipeline.train.datasets import (
     CamTrainingSet,
     CellCropSet,
     EpochSampler,
     collate_cam,
+    refine_pseudo_labels,
 )
 
 
@@ -80,3 +82,20 @@ def test_cell_crop_set_pairs_crops_with_targets(demo_stores):
     assert torch.equal(sample["target"], torch.from_numpy(targets[1]))
     with pytest.raises(InputDataError):
         CellCropSet(crops, rows, targets[:2])
+
+
+def test_pseudo_labels_are_kept_sharpened_or_held_to_the_image_labels():
+    targets = np.zeros((2, 19), np.float32)
+    targets[:, [0, 1, 2, NEGATIVE]] = [[0.75, 0.5, 0.2, 0.6], [np.nan, 0.9, 0.0, 0.3]]
+    assert refine_pseudo_labels(targets).tobytes() == targets.tobytes()
+    sharpened = refine_pseudo_labels(targets, sharpening=2.0)
+    # 0.75^2 / (0.75^2 + 0.25^2) = 0.9; 0.2 -> 0.04 / 0.68; 0.5, 0 and NaN stay
+    np.testing.assert_allclose(sharpened[:, :3], [[0.9, 0.5, 0.04 / 0.68], [np.nan, 0.81 / 0.82, 0.0]], rtol=1e-6)
+    image_labels = np.zeros((2, 19), np.float32)
+    image_labels[0, 0] = image_labels[1, 2] = 1
+    within = refine_pseudo_labels(targets, image_labels_of_cells=image_labels)
+    # a class the image lacks is 0, but Negative stays (a labelled image leaves it out though some of its
+    # cells show nothing); a cell without a pseudo label (NaN) stays without one
+    expected = np.zeros((2, 19), np.float32)
+    expected[:, [0, NEGATIVE]] = [[0.75, 0.6], [np.nan, 0.3]]
+    np.testing.assert_array_equal(within, expected)

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Sampler
 from hpa_pipeline.errors import InputDataError
 from hpa_pipeline.io.cells import CellTable
 from hpa_pipeline.io.stores import ShardedArray
-from hpa_pipeline.labels import N_CLASSES
+from hpa_pipeline.labels import N_CLASSES, NEGATIVE
 from hpa_pipeline.nets.models import normalize_images
 from hpa_pipeline.nets.pooling import present_cells
 
@@ -24,6 +24,29 @@ from hpa_pipeline.nets.pooling import present_cells
 def cell_targets_from_images(cells: CellTable, image_labels: np.ndarray) -> np.ndarray:
     """The image-level labels copied to every cell of the image: (n_cells, 19) float32."""
     return image_labels[cells.image_of_cell()].astype(np.float32)
+
+
+def refine_pseudo_labels(
+    targets: np.ndarray, sharpening: float = 1.0, image_labels_of_cells: np.ndarray | None = None
+) -> np.ndarray:
+    """Pseudo labels as training targets, NaN (no target) kept.
+
+    Args:
+        targets: (n_cells, C) ensemble probabilities.
+        sharpening: exponent a of p^a / (p^a + (1 - p)^a); 1 leaves the targets as they are.
+        image_labels_of_cells: (n_cells, C) labels of each cell's image (:func:`cell_targets_from_images`);
+            given, a class the image lacks is 0 in its cells, except Negative: an image labelled with a
+            class leaves out Negative although some of its cells show nothing.
+    """
+    refined = targets.astype(np.float64)
+    if sharpening != 1.0:
+        high, low = refined**sharpening, (1.0 - refined) ** sharpening
+        refined = high / (high + low)
+    if image_labels_of_cells is not None:
+        allowed = image_labels_of_cells > 0
+        allowed[:, NEGATIVE] = True
+        refined = np.where(allowed | np.isnan(refined), refined, 0.0)
+    return refined.astype(np.float32)
 
 
 class EpochSampler(Sampler[tuple[int, int]]):

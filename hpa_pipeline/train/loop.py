@@ -40,6 +40,7 @@ from hpa_pipeline.train.datasets import (
     ImageTrainingSet,
     cell_targets_from_images,
     collate_cam,
+    refine_pseudo_labels,
 )
 from hpa_pipeline.train.losses import combined_loss
 from hpa_pipeline.train.schedule import lr_at_epoch, set_lr, step_lr
@@ -148,7 +149,12 @@ class Trainer:
         if self.data.pseudo_labels is not None:
             pseudo = read_predictions(self.data.pseudo_labels).mean_views()
             aligned = align_to_cells(pseudo, self.cells, str(self.data.pseudo_labels))
-            return aligned.probs[:, :, 0]
+            within = self.settings.pseudo_labels_within_image_labels
+            return refine_pseudo_labels(
+                aligned.probs[:, :, 0],
+                self.settings.pseudo_label_sharpening,
+                cell_targets_from_images(self.cells, self.images.labels) if within else None,
+            )
         if self.settings.kind == "cell":
             return cell_targets_from_images(self.cells, self.images.labels)
         return None
