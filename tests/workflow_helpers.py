@@ -37,12 +37,18 @@ def copy_workflow(destination: Path) -> Path:
     return destination
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """Run snakemake in ``workdir`` with the test interpreter's environment on PATH."""
+def _snakemake_command(args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """The test interpreter's snakemake with ``args``, and an environment with that interpreter on PATH."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return [str(Path(sys.executable).parent / "snakemake"), *args], env
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run snakemake in ``workdir`` with the test interpreter's environment on PATH."""
+    command, env = _snakemake_command(args)
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "snakemake"), *args],
+        command,
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -63,12 +69,11 @@ class BackgroundRun:
 
     def __init__(self, workdir: Path, *args: str) -> None:
         self.workdir, self.args = workdir, args
-        env = dict(os.environ)
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        command, env = _snakemake_command(args)
         with open(workdir / "snakemake.out", "w") as out, open(workdir / "snakemake.err", "w") as err:
             # its own session, so that stop() reaches the jobs it started too
             self.process = subprocess.Popen(
-                [str(Path(sys.executable).parent / "snakemake"), *args],
+                command,
                 cwd=workdir, env=env, stdout=out, stderr=err, start_new_session=True,
             )  # fmt: skip
 
