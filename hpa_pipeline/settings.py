@@ -95,6 +95,16 @@ class ModelSettings:
         },
         False,
     )
+    pseudo_label_weight: float = _setting(
+        {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "description": "share of the pseudo label in a cell's target, the rest from its image's labels: 1 "
+            "trains on the pseudo labels alone, 0 on the image labels copied to the cells",
+        },
+        1.0,
+    )
     tta: int = _setting({"type": "integer", "minimum": 1, "maximum": 8}, 8)
     predict_batch_size: int | None = _setting({"type": "integer", "minimum": 1}, None)
     validate_every: int = _setting({"type": "integer", "minimum": 1}, 1)

@@ -84,7 +84,7 @@ def test_cell_crop_set_pairs_crops_with_targets(demo_stores):
         CellCropSet(crops, rows, targets[:2])
 
 
-def test_pseudo_labels_are_kept_sharpened_or_held_to_the_image_labels():
+def test_pseudo_labels_are_kept_sharpened_held_to_or_mixed_with_the_image_labels():
     targets = np.zeros((2, 19), np.float32)
     targets[:, [0, 1, 2, NEGATIVE]] = [[0.75, 0.5, 0.2, 0.6], [np.nan, 0.9, 0.0, 0.3]]
     assert refine_pseudo_labels(targets).tobytes() == targets.tobytes()
@@ -93,9 +93,19 @@ def test_pseudo_labels_are_kept_sharpened_or_held_to_the_image_labels():
     np.testing.assert_allclose(sharpened[:, :3], [[0.9, 0.5, 0.04 / 0.68], [np.nan, 0.81 / 0.82, 0.0]], rtol=1e-6)
     image_labels = np.zeros((2, 19), np.float32)
     image_labels[0, 0] = image_labels[1, 2] = 1
-    within = refine_pseudo_labels(targets, image_labels_of_cells=image_labels)
+    within = refine_pseudo_labels(targets, image_labels_of_cells=image_labels, within_image_labels=True)
     # a class the image lacks is 0, but Negative stays (a labelled image leaves it out though some of its
     # cells show nothing); a cell without a pseudo label (NaN) stays without one
     expected = np.zeros((2, 19), np.float32)
     expected[:, [0, NEGATIVE]] = [[0.75, 0.6], [np.nan, 0.3]]
     np.testing.assert_array_equal(within, expected)
+    # a weight w mixes in the image labels: w * pseudo + (1 - w) * image label
+    blended = refine_pseudo_labels(targets, image_labels_of_cells=image_labels, weight=0.25)
+    np.testing.assert_allclose(
+        blended[:, [0, 1, 2, NEGATIVE]], [[0.9375, 0.125, 0.05, 0.15], [np.nan, 0.225, 0.75, 0.075]], rtol=1e-6
+    )
+    assert refine_pseudo_labels(targets, image_labels_of_cells=image_labels, weight=0.0)[0].tolist() == (
+        image_labels[0].tolist()
+    )
+    with pytest.raises(ValueError, match="image_labels_of_cells"):
+        refine_pseudo_labels(targets, weight=0.5)

@@ -246,22 +246,27 @@ def test_image_task_refuses_cell_models():
 
 
 @pytest.mark.parametrize("kind", ["image", "cell"])
-def test_pseudo_labels_reach_training_sharpened_and_held_to_the_image_labels(demo_stores, tmp_path, kind):
+def test_pseudo_labels_reach_training_sharpened_held_to_and_mixed_with_the_image_labels(demo_stores, tmp_path, kind):
     cells = read_cell_table(store_paths(demo_stores, "train", "cells")).identity()
     probs = np.random.default_rng(0).random((cells.n_cells, 19, 2)).astype(np.float32)
     image_probs = np.zeros((len(cells.ids), 19, 2), np.float32)
     write_predictions(tmp_path / "oof.zarr", PredictionSet(cells, probs, image_probs))
     common = IMAGE_SETTINGS if kind == "image" else CELL_SETTINGS
     settings = ModelSettings(
-        **common, pseudo_labels="stage1", pseudo_label_sharpening=3.0, pseudo_labels_within_image_labels=True
+        **common,
+        pseudo_labels="stage1",
+        pseudo_label_sharpening=3.0,
+        pseudo_labels_within_image_labels=True,
+        pseudo_label_weight=0.75,
     )
     trainer = Trainer(
         settings, 0, training_data(demo_stores, kind, pseudo_labels=tmp_path / "oof.zarr"), torch.device("cpu"), 1
     )
     mean = probs.astype(np.float64).mean(axis=2)
     sharpened = mean**3 / (mean**3 + (1 - mean) ** 3)
-    allowed = cell_targets_from_images(trainer.cells, trainer.images.labels) > 0
+    image_labels = cell_targets_from_images(trainer.cells, trainer.images.labels)
+    allowed = image_labels > 0
     allowed[:, NEGATIVE] = True
-    expected = np.where(allowed, sharpened, 0.0)
+    expected = 0.75 * np.where(allowed, sharpened, 0.0) + 0.25 * image_labels
     np.testing.assert_allclose(trainer.cell_targets, expected, rtol=1e-5, atol=1e-7)
     assert 0 < (trainer.cell_targets == 0).mean() < 1

@@ -27,25 +27,37 @@ def cell_targets_from_images(cells: CellTable, image_labels: np.ndarray) -> np.n
 
 
 def refine_pseudo_labels(
-    targets: np.ndarray, sharpening: float = 1.0, image_labels_of_cells: np.ndarray | None = None
+    targets: np.ndarray,
+    sharpening: float = 1.0,
+    image_labels_of_cells: np.ndarray | None = None,
+    within_image_labels: bool = False,
+    weight: float = 1.0,
 ) -> np.ndarray:
     """Pseudo labels as training targets, NaN (no target) kept.
 
     Args:
         targets: (n_cells, C) ensemble probabilities.
         sharpening: exponent a of p^a / (p^a + (1 - p)^a); 1 leaves the targets as they are.
-        image_labels_of_cells: (n_cells, C) labels of each cell's image (:func:`cell_targets_from_images`);
-            given, a class the image lacks is 0 in its cells, except Negative: an image labelled with a
-            class leaves out Negative although some of its cells show nothing.
+        image_labels_of_cells: (n_cells, C) labels of each cell's image (:func:`cell_targets_from_images`),
+            needed by ``within_image_labels`` and by a ``weight`` below 1.
+        within_image_labels: a class the image lacks is 0 in its cells, except Negative: an image labelled
+            with a class leaves out Negative although some of its cells show nothing.
+        weight: share of the (refined) pseudo label in the target, the rest from the image's labels; since
+            binary cross-entropy is linear in its target, this weighs the pseudo-label loss against the
+            image-label loss.
     """
+    if (within_image_labels or weight != 1.0) and image_labels_of_cells is None:
+        raise ValueError("refine_pseudo_labels: within_image_labels and weight < 1 need image_labels_of_cells")
     refined = targets.astype(np.float64)
     if sharpening != 1.0:
         high, low = refined**sharpening, (1.0 - refined) ** sharpening
         refined = high / (high + low)
-    if image_labels_of_cells is not None:
+    if within_image_labels:
         allowed = image_labels_of_cells > 0
         allowed[:, NEGATIVE] = True
         refined = np.where(allowed | np.isnan(refined), refined, 0.0)
+    if weight != 1.0:
+        refined = weight * refined + (1.0 - weight) * image_labels_of_cells
     return refined.astype(np.float32)
 
 

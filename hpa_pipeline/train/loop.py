@@ -149,11 +149,12 @@ class Trainer:
         if self.data.pseudo_labels is not None:
             pseudo = read_predictions(self.data.pseudo_labels).mean_views()
             aligned = align_to_cells(pseudo, self.cells, str(self.data.pseudo_labels))
-            within = self.settings.pseudo_labels_within_image_labels
             return refine_pseudo_labels(
                 aligned.probs[:, :, 0],
                 self.settings.pseudo_label_sharpening,
-                cell_targets_from_images(self.cells, self.images.labels) if within else None,
+                cell_targets_from_images(self.cells, self.images.labels),
+                self.settings.pseudo_labels_within_image_labels,
+                self.settings.pseudo_label_weight,
             )
         if self.settings.kind == "cell":
             return cell_targets_from_images(self.cells, self.images.labels)
