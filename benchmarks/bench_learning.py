@@ -9,9 +9,12 @@ level. This runs the real workflow (Snakemake, `configs/demo.yaml` as the base) 
 dataset with longer training, once per seed (the seed of the data, the folds and the training), with
 one of two shapes:
 
-* ``learning`` (default): stage 1 = a CAM model on the image labels and a cell-crop model whose targets
-  are the image labels copied to every cell (the weak-label baseline); stage 2 = the same two
-  architectures trained on the stage-1 CAM model's out-of-fold cell predictions (pseudo labels);
+* ``learning`` (default): the shipped design at its smallest. Stage 1 = a CAM model on the image labels
+  and a cell-crop model whose targets are the image labels copied to every cell (the weak labels);
+  stage 2 = a CAM and a cell model on the stage-1 average; stage 3 = two cell models (ResNet and
+  EfficientNet) on the stage-2 average, which make the submission. Cell models of stages 2 and 3 train
+  on half pseudo label, half image label (``pseudo_label_weight`` 0.5). Every stage-1 and stage-2 model
+  also gets a one-member ensemble (``{model}_alone``), so that each model's own submission is scored;
 * ``demo``: the demo's three stages (models, ensembles and submission as in configs/demo.yaml).
 
 ``--method`` sets ``ensemble.method`` (how every ensemble and the submission combine their members).
@@ -43,15 +46,19 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "workflow_config.yaml", "rules", "schemas", "envs", "configs", "profiles", "report")
 #: The side of the demo's fields, for which its area thresholds are set.
 DEMO_IMAGE_SIZE = 512
+#: The shipped configs' share of the pseudo label in a stage-2 or stage-3 cell model's targets.
+PSEUDO_LABEL_WEIGHT = 0.5
 
 
 def learning_config(
-    shape: str, n_train: int, n_test: int, image_size: int, epochs: int, seed: int, method: str
+    shape: str, n_train: int, n_test: int, image_size: int, epochs: int, seed: int, method: str, cores: int
 ) -> dict:
     """The demo configuration with a larger dataset, longer training, ``seed`` and ``ensemble.method``;
-    shape ``learning`` replaces its stages with the two-stage comparison."""
+    shape ``learning`` replaces its stages with the three-stage design at its smallest."""
     config = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
     config["seed"] = seed
+    # one model job at a time with every core: the float reductions of the README's figures
+    config["model_threads"] = cores
     config["ensemble"] = {"method": method}
     config["demo_data"].update(n_train=n_train, n_test=n_test, image_size=image_size, empty_test_images=0)
     area = (image_size / DEMO_IMAGE_SIZE) ** 2  # the thresholds are areas in pixels of the fields
@@ -63,14 +70,21 @@ def learning_config(
         return config
     for kind, batch_size in (("image", 8), ("cell", 64)):
         config["model_defaults"][kind].update(epochs=epochs, batch_size=batch_size, lr=0.003, warmup_epochs=1)
+    cam = {"kind": "image", "backbone": "test_resnet", "image_size": 192}
+    cell = {"kind": "cell", "backbone": "test_resnet", "image_size": 192}
+    mixed = {"pseudo_label_weight": PSEUDO_LABEL_WEIGHT}
     config["models"] = {
-        "cam_stage1": {"kind": "image", "backbone": "test_resnet", "image_size": 192},
-        "cell_image_labels": {"kind": "cell", "backbone": "test_resnet", "image_size": 192},
-        "cam_stage2": {"kind": "image", "backbone": "test_resnet", "image_size": 192, "pseudo_labels": "stage1"},
-        "cell_stage2": {"kind": "cell", "backbone": "test_resnet", "image_size": 192, "pseudo_labels": "stage1"},
+        "cam_stage1": cam,
+        "cell_stage1": cell,
+        "cam_stage2": {**cam, "pseudo_labels": "stage1"},
+        "cell_stage2": {**cell, "pseudo_labels": "stage1", **mixed},
+        "cell_resnet_stage3": {**cell, "pseudo_labels": "stage2", **mixed},
+        "cell_effnet_stage3": {**cell, "backbone": "test_efficientnet", "pseudo_labels": "stage2", **mixed},
     }
-    config["ensembles"] = {"stage1": ["cam_stage1"]}
-    config["submission"]["members"] = ["cam_stage2", "cell_stage2"]
+    config["ensembles"] = {"stage1": ["cam_stage1", "cell_stage1"], "stage2": ["cam_stage2", "cell_stage2"]}
+    for model in ("cam_stage1", "cell_stage1", "cam_stage2", "cell_stage2"):
+        config["ensembles"][f"{model}_alone"] = [model]
+    config["submission"]["members"] = ["cell_resnet_stage3", "cell_effnet_stage3"]
     return config
 
 
@@ -126,7 +140,9 @@ def main() -> None:
         f"{args.epochs} epochs per model, 2 folds, ensemble.method {args.method}, --cores {args.cores}"
     )
     for seed in args.seeds:
-        config = learning_config(args.config, args.train, args.test, args.image_size, args.epochs, seed, args.method)
+        config = learning_config(
+            args.config, args.train, args.test, args.image_size, args.epochs, seed, args.method, args.cores
+        )
         scratch = None if args.keep else tempfile.TemporaryDirectory()
         work = args.keep / f"seed-{seed}" if args.keep else Path(scratch.name)
         try:

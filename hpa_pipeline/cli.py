@@ -837,10 +837,10 @@ def _plot_segmentation(args: argparse.Namespace) -> None:
 def _bundle_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "The workflow runs it as `snakemake bundle`. By hand on the finished demo: hpa-pipeline bundle "
-        "--checkpoints results/models/{cam_effnet_stage3,cam_effnet_cos_stage3,cell_resnet_192_stage3,"
-        "cell_resnet_384_cos_stage3}/fold{0,1}/final.pt --thresholds results/thresholds.csv "
+        "--checkpoints results/models/{cell_resnet_192_stage3,cell_effnet_192_stage3}/fold{0,1}/final.pt "
+        "--thresholds results/thresholds.csv "
         "--train-index results/train/index.csv results/pubhpa/index.csv --image-sizes 192 384 "
-        "--crop-image-sizes 192 384 --crop-size 48 --segment-backend classical --segment-source original "
+        "--crop-image-sizes 192 --crop-size 48 --segment-backend classical --segment-source original "
         "--segment-scale-factor 0.25 --edge-area-threshold 5000 --center-area-threshold 2000 "
         "--out results/bundle --zip results/bundle.zip (docs/bundle.md)"
     )

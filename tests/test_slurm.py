@@ -260,7 +260,7 @@ class SlurmDemo:
 
 def demo_with_two_models(workdir: Path) -> str:
     """The demo's data and stages with one image model in stage 1 and one cell model trained on its
-    pseudo labels as the submission: every kind of job of the demo (57 of its 130), written to
+    pseudo labels as the submission: every kind of job of the demo, written to
     ``configs/slurm_demo.yaml``; returns that path relative to ``workdir``. The full demo through SLURM
     and a local reference beside it took 19 minutes of CI's 90."""
     config = yaml.safe_load((workdir / "configs/demo.yaml").read_text())

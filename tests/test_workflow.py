@@ -145,13 +145,13 @@ def test_every_stage_saw_the_downloaded_extra_set_and_its_duplicates(demo_run):
     fold_of = {(name, i): f for name, table in folds.items() for i, f in zip(table["ID"], table["fold"])}
     shared = groups[groups["group"].isin(groups.loc[groups["dataset"] == "train", "group"])]
     assert len({fold_of[key] for key in zip(shared["dataset"], shared["ID"])}) == 1
-    for model in ("cam_effnet_192", "cell_resnet_192_stage2", "cam_effnet_stage3"):
+    for model in ("cam_effnet_192", "cell_resnet_192_stage2", "cell_resnet_192_stage3"):
         oof = read_predictions(demo_run / f"results/models/{model}/oof.zarr")
         assert [key for key in oof.cells.image_keys() if key[0] == "pubhpa"] == [("pubhpa", i) for i in public_ids]
     for name in ("stage1", "stage2"):
         pseudo = read_predictions(demo_run / f"results/ensembles/{name}/oof.zarr")
         assert {key[0] for key in pseudo.cells.image_keys()} == {"train", "pubhpa"}
-    log = (demo_run / "logs/train_model/cam_effnet_stage3-fold0.log").read_text()
+    log = (demo_run / "logs/train_model/cell_resnet_192_stage3-fold0.log").read_text()
     trained = re.search(r"fold 0: training on \d+ \(train (\d+), pubhpa (\d+)\) images", log)
     assert trained and int(trained.group(2)) == sum(folds["pubhpa"]["fold"] != 0)
     assert (demo_run / "results/report/segmentation/pubhpa.png").is_file()
@@ -180,25 +180,32 @@ def test_forcing_one_stage_reruns_exactly_what_depends_on_it(demo_run):
     config = yaml.safe_load((demo_run / "configs/demo.yaml").read_text())
     cell_models = [name for name, model in config["models"].items() if model["kind"] == "cell"]
     jobs = planned_jobs(demo_run, "--forcerun", "crop_cells")
-    # the crops feed only the cell models, and through their out-of-fold predictions the stage-2
-    # ensemble, so everything trained on it; never preprocessing upstream of the crops
+    # the crops feed only the cell models, and through their out-of-fold predictions every ensemble
+    # with a cell model, so everything trained on one; never preprocessing upstream of the crops
     extra_shards = sum(extra["shards"] for extra in config["extra_train_sets"].values())
     assert jobs["crop_cells"] == len(config["preprocess"]["crop_image_sizes"]) * (
         config["shards"]["train"] + config["shards"]["test"] + extra_shards
     )
     for upstream in ("make_demo_data", "index_images", "resize_image", "segment", "resize_masks", "make_folds"):
         assert upstream not in jobs
-    stage2_dependents = [name for name, model in config["models"].items() if model.get("pseudo_labels") == "stage2"]
-    retrained = set(cell_models) | set(stage2_dependents)
+    retrained, recombined = set(cell_models), set()
+    while True:  # what depends on a retrained model, through ensembles and their pseudo labels
+        recombined |= {name for name, members in config["ensembles"].items() if retrained & set(members)}
+        trained_on = {name for name, model in config["models"].items() if model.get("pseudo_labels") in recombined}
+        if trained_on <= retrained:
+            break
+        retrained |= trained_on
+    # the demo: both stage-1 cell models, so stage 1 and 2 recombine, and all but the stage-1 CAM models retrain
+    assert (len(retrained), recombined) == (len(config["models"]) - 2, {"stage1", "stage2"})
     assert jobs["train_model"] == config["folds"]["n_folds"] * len(retrained)
-    assert jobs["average_ensemble"] == 1  # stage2 only: stage1 has no cell model
+    assert jobs["average_ensemble"] == len(recombined)
     assert {"make_submission", "validate_submission", "evaluate"} <= set(jobs)
 
 
 @pytest.mark.slow
 def test_changing_one_model_retrains_only_it_and_what_depends_on_it(demo_run):
     config = yaml.safe_load((demo_run / "configs/demo.yaml").read_text())
-    config["models"]["cam_effnet_cos_stage3"]["lr"] = 0.002
+    config["models"]["cell_effnet_192_stage3"]["lr"] = 0.002
     (demo_run / "configs/changed.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(demo_run, "submission", "--configfile", "configs/changed.yaml", "--cores", "2", "-n")
     output = result.stdout + result.stderr
@@ -220,7 +227,7 @@ def test_changing_one_model_retrains_only_it_and_what_depends_on_it(demo_run):
         "plot_training_curves": 1,
         "plot_metrics": 1,
     }
-    assert set(re.findall(r"wildcards: model=(\w+)", output)) == {"cam_effnet_cos_stage3"}
+    assert set(re.findall(r"wildcards: model=(\w+)", output)) == {"cell_effnet_192_stage3"}
     assert "Params have changed since last execution" in output
 
 
@@ -282,18 +289,19 @@ def test_stage_submissions_and_member_weights_plan_their_jobs(tmp_path):
     workdir = copy_workflow(tmp_path)
     demo = yaml.safe_load((workdir / "configs/demo.yaml").read_text())
     folds, members = demo["folds"]["n_folds"], len(demo["models"])
-    stages = len(demo["ensembles"]) + len(demo["submission"]["members"])  # 2 + 4
+    submitted = len(demo["submission"]["members"])
+    stages = len(demo["ensembles"]) + submitted  # 2 + 2
     # with truth, evaluate scores every stage submission: every model predicts the test set
     jobs = dry_run_jobs(workdir, "submission", demo)
-    assert (jobs["total"], jobs["predict_test"], jobs["make_stage_submission"]) == (130, folds * members, stages)
+    assert (jobs["total"], jobs["predict_test"], jobs["make_stage_submission"]) == (108, folds * members, stages)
     assert "fit_weights" not in jobs and "fit_submission_weights" not in jobs
     weighted = dry_run_jobs(workdir, "submission", {**demo, "ensemble": {"method": "weights"}})
-    assert (weighted["total"], weighted["fit_weights"], weighted["fit_submission_weights"]) == (133, 2, 1)
+    assert (weighted["total"], weighted["fit_weights"], weighted["fit_submission_weights"]) == (111, 2, 1)
     without_truth = {key: value for key, value in demo.items() if key != "truth_dir"}
     jobs = dry_run_jobs(workdir, "submission", without_truth)
-    assert (jobs["total"], jobs["predict_test"], "make_stage_submission" in jobs) == (110, folds * 4, False)
+    assert (jobs["total"], jobs["predict_test"], "make_stage_submission" in jobs) == (90, folds * submitted, False)
     jobs = dry_run_jobs(workdir, "stage_submissions", without_truth)
-    assert (jobs["total"], jobs["make_stage_submission"], "make_submission" in jobs) == (99, stages, False)
+    assert (jobs["total"], jobs["make_stage_submission"], "make_submission" in jobs) == (85, stages, False)
 
 
 @pytest.mark.parametrize(
@@ -382,7 +390,7 @@ def test_workflow_lints_clean(tmp_path):
 def test_report_shows_curves_metrics_overlays_and_the_rule_graph(demo_run, tmp_path):
     snakemake(demo_run, "submission", "--configfile", "configs/demo.yaml", "--report", "report.html")
     html = (demo_run / "report.html").read_text()
-    for section in ("Training curves", "Metrics", "Segmentation", "cam_effnet_stage3", "metrics.tsv", "rulegraph"):
+    for section in ("Training curves", "Metrics", "Segmentation", "cell_resnet_192_stage3", "metrics.tsv", "rulegraph"):
         assert section in html, section
     # the figures are those of the run's own numbers: every fold of every model, every metrics row
     from hpa_pipeline.report import plot_stage_metrics, plot_training_curves
