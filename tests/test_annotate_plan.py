@@ -50,3 +50,10 @@ def test_shards_are_counted_from_the_listing(tmp_path: Path):
     (folder / "e_green.png").unlink()
     with pytest.raises(InputDataError, match=f"missing channel file\\(s\\) in {folder}: {folder}/e_green.png$"):
         count_shards(folder, 2)
+
+
+def test_images_are_also_resized_at_the_runs_larger_multiples_of_a_needed_size(manifests):
+    """The run derived each size from the nearest larger multiple it resized to: the same sizes, the same pixels."""
+    manifest = manifests["cells"]
+    wider = {**manifest, "preprocess": {**manifest["preprocess"], "image_sizes": [64, 96, 128, 256]}}
+    assert store_sizes(wider) == StoreSizes(images=(64, 128, 256), masks=(64,), crops=(64,))

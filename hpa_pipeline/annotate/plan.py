@@ -45,7 +45,13 @@ def member_plans(manifest: Mapping[str, Any]) -> list[MemberPlan]:
 
 
 def store_sizes(manifest: Mapping[str, Any]) -> StoreSizes:
-    """The sizes the members read each kind of store at; the images also at the segmentation's source size."""
+    """The sizes the members read each kind of store at; the images also at the segmentation's source size,
+    and at every larger size of the run that is a multiple of a needed one.
+
+    The run resized to all of ``preprocess.image_sizes`` at once, each size derived from the nearest larger
+    multiple among them (:class:`~hpa_pipeline.preprocess.resize.ImageResizer`): resizing at those sizes
+    too gives the run's pixels, where resizing from the original would differ by rounding.
+    """
     needs: dict[str, set[int]] = {"images": set(), "masks": set(), "crops": set()}
     for member in member_plans(manifest):
         for store in member.stores:
@@ -53,6 +59,8 @@ def store_sizes(manifest: Mapping[str, Any]) -> StoreSizes:
     images = needs["images"] | needs["crops"]
     if manifest["task"] != TASK_IMAGES and manifest["segment"]["source"] != "original":
         images.add(int(manifest["segment"]["source"]))
+    run_sizes = [int(size) for size in manifest["preprocess"]["image_sizes"]]
+    images |= {larger for size in images for larger in run_sizes if larger > size and larger % size == 0}
     return StoreSizes(
         tuple(sorted(images)), tuple(sorted(needs["masks"] | needs["crops"])), tuple(sorted(needs["crops"]))
     )
