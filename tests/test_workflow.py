@@ -44,12 +44,15 @@ def test_demo_writes_a_valid_submission_and_its_metrics(demo_run):
     summary = (demo_run / "results/metrics.tsv").read_text().splitlines()
     assert (
         summary[0].split("\t") == ["what", "name", "stage", "scored_on", "cell_map"]
-        and len(summary) == 1 + 10 + 2 + 1 + 6 + 4
+        and len(summary) == 1 + 8 + 2 + 1 + 4 + 4
     )
     # the stage submissions (each ensemble, each submission member alone) follow the submission's row
     config = yaml.safe_load((demo_run / "configs/demo.yaml").read_text())
     stages = [*config["ensembles"], *config["submission"]["members"]]
-    assert [tuple(row.split("\t")[:4]) for row in summary[13:20]] == [("submission", "submission.csv", "3", "test")] + [
+    first = 1 + len(config["models"]) + len(config["ensembles"])
+    assert [tuple(row.split("\t")[:4]) for row in summary[first : first + 1 + len(stages)]] == [
+        ("submission", "submission.csv", "3", "test")
+    ] + [
         ("stage_submission", name, str(1 if name == "stage1" else 2 if name == "stage2" else 3), "test")
         for name in stages
     ]
@@ -135,7 +138,7 @@ def test_every_stage_saw_the_downloaded_extra_set_and_its_duplicates(demo_run):
     assert len((demo_run / "resources/demo_data/pubhpa/manifest.csv").read_text().splitlines()) == 1 + 8
     cells = read_cell_table(demo_run / "results/pubhpa/cells/shard-0.zarr")
     assert cells.ids == public_ids and set(cells.datasets) == {"pubhpa"} and cells.n_cells > 0
-    for store in ("images_192", "images_384", "masks_192", "masks_384", "crops_192", "crops_384"):
+    for store in ("images_192", "images_384", "masks_192", "masks_384", "crops_192"):
         assert (demo_run / f"results/pubhpa/{store}/shard-0.zarr").is_dir()
     # the demo's public mirror holds a copy of a train image and of a test image
     groups = read_duplicate_groups(demo_run / "results/duplicates/groups.csv")
