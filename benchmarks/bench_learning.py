@@ -13,8 +13,9 @@ one of two shapes:
   and a cell-crop model whose targets are the image labels copied to every cell (the weak labels);
   stage 2 = a CAM and a cell model on the stage-1 average; stage 3 = two cell models (ResNet and
   EfficientNet) on the stage-2 average, which make the submission. Cell models of stages 2 and 3 train
-  on half pseudo label, half image label (``pseudo_label_weight`` 0.5). Every stage-1 and stage-2 model
-  also gets a one-member ensemble (``{model}_alone``), so that each model's own submission is scored;
+  with the demo's ``model_defaults.cell.pseudo_label_weight`` (half pseudo label, half image label).
+  Every stage-1 and stage-2 model also gets a one-member ensemble (``{model}_alone``), so that each
+  model's own submission is scored;
 * ``demo``: the demo's three stages (models, ensembles and submission as in configs/demo.yaml).
 
 ``--method`` sets ``ensemble.method`` (how every ensemble and the submission combine their members).
@@ -46,8 +47,6 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "workflow_config.yaml", "rules", "schemas", "envs", "configs", "profiles", "report")
 #: The side of the demo's fields, for which its area thresholds are set.
 DEMO_IMAGE_SIZE = 512
-#: The shipped configs' share of the pseudo label in a stage-2 or stage-3 cell model's targets.
-PSEUDO_LABEL_WEIGHT = 0.5
 
 
 def learning_config(
@@ -72,14 +71,13 @@ def learning_config(
         config["model_defaults"][kind].update(epochs=epochs, batch_size=batch_size, lr=0.003, warmup_epochs=1)
     cam = {"kind": "image", "backbone": "test_resnet", "image_size": 192}
     cell = {"kind": "cell", "backbone": "test_resnet", "image_size": 192}
-    mixed = {"pseudo_label_weight": PSEUDO_LABEL_WEIGHT}
     config["models"] = {
         "cam_stage1": cam,
         "cell_stage1": cell,
         "cam_stage2": {**cam, "pseudo_labels": "stage1"},
-        "cell_stage2": {**cell, "pseudo_labels": "stage1", **mixed},
-        "cell_resnet_stage3": {**cell, "pseudo_labels": "stage2", **mixed},
-        "cell_effnet_stage3": {**cell, "backbone": "test_efficientnet", "pseudo_labels": "stage2", **mixed},
+        "cell_stage2": {**cell, "pseudo_labels": "stage1"},
+        "cell_resnet_stage3": {**cell, "pseudo_labels": "stage2"},
+        "cell_effnet_stage3": {**cell, "backbone": "test_efficientnet", "pseudo_labels": "stage2"},
     }
     config["ensembles"] = {"stage1": ["cam_stage1", "cell_stage1"], "stage2": ["cam_stage2", "cell_stage2"]}
     for model in ("cam_stage1", "cell_stage1", "cam_stage2", "cell_stage2"):
