@@ -11,9 +11,10 @@ one of two shapes:
 
 * ``learning`` (default): the shipped design at its smallest. Stage 1 = a CAM model on the image labels
   and a cell-crop model whose targets are the image labels copied to every cell (the weak labels);
-  stage 2 = a CAM and a cell model on the stage-1 average; stage 3 = two cell models (ResNet and
-  EfficientNet) on the stage-2 average, which make the submission. Cell models of stages 2 and 3 train
-  with the demo's ``model_defaults.cell.pseudo_label_weight`` (half pseudo label, half image label).
+  stage 2 = a CAM and a cell model on the stage-1 average; stage 3 = one cell model on the stage-2 average,
+  the submission. The cell models of stages 2 and 3 train with the demo's
+  ``model_defaults.cell.pseudo_label_weight`` (half pseudo label, half image label) and start from the
+  cell model of the stage before (``init_from``: ``cell_stage1`` → ``cell_stage2`` → ``cell_stage3``).
   Every stage-1 and stage-2 model also gets a one-member ensemble (``{model}_alone``), so that each
   model's own submission is scored;
 * ``demo``: the demo's three stages (models, ensembles and submission as in configs/demo.yaml).
@@ -75,14 +76,13 @@ def learning_config(
         "cam_stage1": cam,
         "cell_stage1": cell,
         "cam_stage2": {**cam, "pseudo_labels": "stage1"},
-        "cell_stage2": {**cell, "pseudo_labels": "stage1"},
-        "cell_resnet_stage3": {**cell, "pseudo_labels": "stage2"},
-        "cell_effnet_stage3": {**cell, "backbone": "test_efficientnet", "pseudo_labels": "stage2"},
+        "cell_stage2": {**cell, "pseudo_labels": "stage1", "init_from": "cell_stage1"},
+        "cell_stage3": {**cell, "pseudo_labels": "stage2", "init_from": "cell_stage2"},
     }
     config["ensembles"] = {"stage1": ["cam_stage1", "cell_stage1"], "stage2": ["cam_stage2", "cell_stage2"]}
     for model in ("cam_stage1", "cell_stage1", "cam_stage2", "cell_stage2"):
         config["ensembles"][f"{model}_alone"] = [model]
-    config["submission"]["members"] = ["cell_resnet_stage3", "cell_effnet_stage3"]
+    config["submission"]["members"] = ["cell_stage3"]
     return config
 
 

@@ -837,7 +837,7 @@ def _plot_segmentation(args: argparse.Namespace) -> None:
 def _bundle_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "The workflow runs it as `snakemake bundle`. By hand on the finished demo: hpa-pipeline bundle "
-        "--checkpoints results/models/{cell_resnet_192_stage3,cell_effnet_192_stage3}/fold{0,1}/final.pt "
+        "--checkpoints results/models/cell_resnet_192_stage3/fold{0,1}/final.pt "
         "--thresholds results/thresholds.csv "
         "--train-index results/train/index.csv results/pubhpa/index.csv --image-sizes 192 384 "
         "--crop-image-sizes 192 --crop-size 48 --segment-backend classical --segment-source original "
