@@ -44,7 +44,7 @@ def test_demo_writes_a_valid_submission_and_its_metrics(demo_run):
     summary = (demo_run / "results/metrics.tsv").read_text().splitlines()
     assert (
         summary[0].split("\t") == ["what", "name", "stage", "scored_on", "cell_map"]
-        and len(summary) == 1 + 8 + 2 + 1 + 4 + 4
+        and len(summary) == 1 + 7 + 2 + 1 + 3 + 4
     )
     # the stage submissions (each ensemble, each submission member alone) follow the submission's row
     config = yaml.safe_load((demo_run / "configs/demo.yaml").read_text())
