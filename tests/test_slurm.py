@@ -266,6 +266,8 @@ def demo_with_two_models(workdir: Path) -> str:
     config = yaml.safe_load((workdir / "configs/demo.yaml").read_text())
     kept = ("cam_effnet_192", "cell_resnet_192_stage2")
     config["models"] = {name: config["models"][name] for name in kept}
+    # its init_from start is a third model; without it the stage-2 model trains from scratch
+    config["models"]["cell_resnet_192_stage2"].pop("init_from")
     config["ensembles"] = {"stage1": ["cam_effnet_192"]}
     config["submission"]["members"] = ["cell_resnet_192_stage2"]
     (workdir / "configs/slurm_demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
